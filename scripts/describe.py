@@ -1,0 +1,41 @@
+"""Describe the model a config builds: its parts, parameters and FLOPs. Writes no files.
+
+    python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
+    python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
+"""
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+from vit.cli import build_model
+
+
+@hydra.main(config_path="../configs", config_name="describe", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    model = build_model(cfg)
+    choices = HydraConfig.get().runtime.choices
+    h, w = model.img_size
+    grid = model.grid_for(h, w)
+    tokens = grid[0] * grid[1] + (model.pool == "cls")
+    parts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    parts = {"cls_token": model.cls_token.numel() if model.cls_token is not None else 0, **parts}
+    with FlopCounterMode(display=False) as flops, torch.no_grad():
+        model.eval()(torch.zeros(1, cfg.model.in_chans, h, w))
+
+    print(
+        f"model       {choices['model']}: patch_embed={choices['model/patch_embed']}, "
+        f"pos_embed={choices['model/pos_embed']}, pool={model.pool}"
+    )
+    print(f"input       {cfg.model.in_chans}x{h}x{w} -> {grid[0]}x{grid[1]} patches of {model.patch_size} px, {tokens} tokens")
+    print(f"parameters  {sum(parts.values()):,}")
+    for name, count in parts.items():
+        if count:
+            print(f"  {name:<12}{count:>12,}")
+    print(f"forward     {flops.get_total_flops() / 1e9:.3f} GFLOPs per image (2 per multiply-add)")
+
+
+if __name__ == "__main__":
+    main()

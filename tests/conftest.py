@@ -1,0 +1,56 @@
+import itertools
+
+import pytest
+import torch
+from einops import rearrange
+
+from vit import VisionTransformer
+from vit.patch_embed.conv import ConvPatchEmbed
+from vit.patch_embed.conv_stem import ConvStemPatchEmbed
+from vit.patch_embed.linear import LinearPatchEmbed
+from vit.pos_embed.learned_1d import Learned1d
+from vit.pos_embed.none import NoPosition
+from vit.pos_embed.relative_bias import RelativeBias
+from vit.pos_embed.rope_2d import Rope2d
+from vit.pos_embed.sincos_2d import SinCos2d
+
+PATCH_EMBEDS = {"conv": ConvPatchEmbed, "linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed}
+SCHEMES = {
+    "none": NoPosition,
+    "learned_1d": Learned1d,
+    "sincos_2d": SinCos2d,
+    "relative_bias": RelativeBias,
+    "rope_2d": Rope2d,
+}
+POOLS = ("cls", "gap")
+ALL_COMBINATIONS = list(itertools.product(PATCH_EMBEDS, POOLS, SCHEMES))
+
+
+def tiny_vit(patch_embed="conv", pool="cls", scheme="learned_1d", **kwargs) -> VisionTransformer:
+    """A 2-block, width-32 ViT on 16 px images with 4 px patches (a 4x4 grid)."""
+    config = dict(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=32, depth=2, num_heads=4)
+    config.update(kwargs)
+    return VisionTransformer(
+        pool=pool, patch_embed=PATCH_EMBEDS[patch_embed], pos_embed=SCHEMES[scheme], **config
+    )
+
+
+def perturb_(model: torch.nn.Module) -> torch.nn.Module:
+    """Add noise to every parameter (strong noise to positional tables) so that
+    zero-initialised tables and biases do something."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.add_(torch.randn_like(p) * (1.0 if name.startswith("pos_embed.") else 0.05))
+    return model
+
+
+def shuffle_patches(images: torch.Tensor, patch: int, perm: torch.Tensor) -> torch.Tensor:
+    """Move the image's patches to the positions given by a permutation of the grid."""
+    h = images.shape[-2] // patch
+    patches = rearrange(images, "b c (h p1) (w p2) -> b (h w) c p1 p2", p1=patch, p2=patch)
+    return rearrange(patches[:, perm], "b (h w) c p1 p2 -> b c (h p1) (w p2)", h=h)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,120 @@
+"""The Hydra interface: every option of every group composes and builds, bad values are one line."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from vit import VisionTransformer
+from vit.cli import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+GROUPS = ["data", "model", "model/patch_embed", "model/pos_embed"]
+SMALL = ["model.depth=1"]  # building is what is tested; keep it quick
+OPEN_SIZE = ["model.embed_dim=64", "model.num_heads=4", "model.depth=1"]  # for the size-less `vit`
+
+
+def options(group):
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+def compose_train(overrides):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_every_group_has_its_options():
+    assert options("model/pos_embed") == ["learned_1d", "none", "relative_bias", "rope_2d", "sincos_2d"]
+    assert options("model/patch_embed") == ["conv", "conv_stem", "linear"]
+    assert {"vit_cifar", "vit_tiny", "vit_small", "vit_base"} <= set(options("model"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_builds(group, option):
+    overrides = [f"{group}={option}"] + (OPEN_SIZE if option == "vit" else SMALL)
+    cfg = compose_train(overrides)
+    model = build_model(cfg)
+    assert isinstance(model, VisionTransformer)
+    if group.startswith("model/"):  # the chosen part is the one built
+        part = getattr(model, group.split("/")[1])
+        target = OmegaConf.select(cfg, group.replace("/", "."))._target_
+        assert f"{type(part).__module__}.{type(part).__name__}" == target
+    # the data config is the single source of the input and output sizes
+    assert model.img_size == (cfg.data.img_size,) * 2
+    assert model.head.out_features == cfg.data.num_classes
+    assert model.patch_embed(torch.zeros(1, cfg.data.in_chans, *model.img_size)).ndim == 3
+
+
+def test_the_default_is_the_cifar_preset():
+    cfg = compose_train([])
+    assert (cfg.data.name, cfg.model.patch_size, cfg.model.embed_dim, cfg.model.depth) == ("cifar10", 4, 192, 9)
+    assert (cfg.model.num_heads, cfg.model.mlp_ratio, cfg.model.pool) == (12, 2.0, "cls")
+
+
+def test_overrides_reach_the_model():
+    cfg = compose_train(
+        ["model=vit_small", "model/pos_embed=sincos_2d", "model/patch_embed=linear", "model.pool=gap", "model.depth=6"]
+    )
+    model = build_model(cfg)
+    assert (len(model.blocks), model.pool, model.head.in_features) == (6, "gap", 384)
+    assert type(model.pos_embed).__name__ == "SinCos2d" and type(model.patch_embed).__name__ == "LinearPatchEmbed"
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.embed_dim=100"], "model: embed_dim 100 is not divisible by num_heads 12"),
+        (["model/pos_embed=sincos_2d", "model.embed_dim=198", "model.num_heads=6"], "divisible by 4, got 198"),
+        (["model/pos_embed=rope_2d", "model.embed_dim=192", "model.num_heads=32"], "head width"),
+        (["model.img_size=30"], "image size 30x30 is not a multiple of the patch size 4"),
+        (["model.embed_dim=wide"], "embed_dim must be a positive integer, got 'wide'"),
+        (["model=vit"], "Missing mandatory value: model.embed_dim"),
+    ],
+)
+def test_bad_values_exit_with_one_line(overrides, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_model(compose_train(overrides))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def describe(*overrides, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "describe.py"), *overrides],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_describe_reports_the_model_it_builds(tmp_path):
+    run = describe("model/pos_embed=relative_bias", "model.pool=gap", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    # 9 blocks x 12 heads x (2*8-1)^2 offsets, no class entries with average pooling
+    assert "pos_embed=relative_bias, pool=gap" in run.stdout
+    assert re.search(rf"pos_embed +{9 * 12 * 15 * 15:,}\n", run.stdout)
+    assert list(tmp_path.iterdir()) == []  # describing writes nothing
+
+
+def test_describe_bad_value_is_one_line_without_traceback(tmp_path):
+    run = describe("model/pos_embed=rope_2d", "model.num_heads=48", "model.embed_dim=96", cwd=tmp_path)
+    assert run.returncode == 2
+    assert run.stderr.strip() == "error: model: rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got 2"
+
+
+def test_unknown_scheme_lists_the_options(tmp_path):
+    run = describe("model/pos_embed=alibi", cwd=tmp_path)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "Available options in 'model/pos_embed'" in run.stderr and "rope_2d" in run.stderr
+
+
+def test_describe_sweeps_every_scheme(tmp_path):
+    run = describe("-m", "model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    for scheme in ["none", "learned_1d", "sincos_2d", "relative_bias", "rope_2d"]:
+        assert f"pos_embed={scheme}," in run.stdout

@@ -1,0 +1,92 @@
+"""The model: every combination runs at any resolution, and only `none` ignores positions."""
+
+import pytest
+import torch
+
+from conftest import ALL_COMBINATIONS, SCHEMES, perturb_, shuffle_patches, tiny_vit
+
+
+@pytest.mark.parametrize("patch_embed,pool,scheme", ALL_COMBINATIONS)
+def test_every_combination_trains_at_three_resolutions(patch_embed, pool, scheme):
+    model = tiny_vit(patch_embed, pool, scheme)
+    for size in (8, 16, 24):  # smaller, training and larger grid
+        model.zero_grad()
+        logits = model(torch.randn(2, 3, size, size))
+        assert logits.shape == (2, 7)
+        assert torch.isfinite(logits).all()
+        logits.logsumexp(-1).sum().backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+        assert not missing, f"no finite gradient at {size} px for {missing}"
+
+
+@pytest.mark.parametrize("patch_embed", ["conv", "linear"])
+@pytest.mark.parametrize("pool", ["cls", "gap"])
+def test_without_positions_shuffling_patches_changes_nothing(patch_embed, pool):
+    model = perturb_(tiny_vit(patch_embed, pool, "none")).double().eval()
+    images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    shuffled = shuffle_patches(images, 4, torch.randperm(16))
+    assert not torch.equal(images, shuffled)
+    torch.testing.assert_close(model(shuffled), model(images), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("patch_embed", ["conv", "linear"])
+@pytest.mark.parametrize("pool", ["cls", "gap"])
+@pytest.mark.parametrize("scheme", [s for s in SCHEMES if s != "none"])
+def test_with_positions_shuffling_patches_changes_the_logits(patch_embed, pool, scheme):
+    model = perturb_(tiny_vit(patch_embed, pool, scheme)).double().eval()
+    images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
+    shuffled = shuffle_patches(images, 4, torch.randperm(16))
+    assert (model(shuffled) - model(images)).abs().max() > 1e-3
+
+
+def test_image_size_not_a_multiple_of_the_patch_raises_naming_both():
+    model = tiny_vit()
+    with pytest.raises(ValueError, match=r"30x32.*patch size 4"):
+        model(torch.randn(1, 3, 30, 32))
+    with pytest.raises(ValueError, match=r"18x18.*patch size 4"):
+        tiny_vit(img_size=18)
+
+
+def test_rectangular_images_run():
+    for scheme in SCHEMES:
+        model = tiny_vit(scheme=scheme, img_size=(16, 24))
+        assert model(torch.randn(1, 3, 16, 24)).shape == (1, 7)
+        assert model(torch.randn(1, 3, 24, 12)).shape == (1, 7)
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(embed_dim=30, num_heads=4), "embed_dim 30 is not divisible by num_heads 4"),
+        (dict(scheme="sincos_2d", embed_dim=30, num_heads=6), "sincos_2d needs embed_dim divisible by 4, got 30"),
+        (dict(scheme="rope_2d", embed_dim=48, num_heads=8), "head width .* divisible by 4, got 6"),
+        (dict(pool="avg"), "pool must be one of cls, gap"),
+        (dict(depth="3"), "depth must be a positive integer"),
+        (dict(patch_embed="conv_stem", patch_size=6, img_size=12), "power of 2"),
+    ],
+)
+def test_bad_values_raise_a_clear_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_vit(**kwargs)
+
+
+def test_no_weight_decay_names_tables_tokens_norms_and_biases():
+    for scheme in SCHEMES:
+        model = tiny_vit("linear", "cls", scheme)
+        names = model.no_weight_decay()
+        params = dict(model.named_parameters())
+        assert names <= params.keys()
+        assert "cls_token" in names
+        assert {n for n in params if n.startswith("pos_embed.")} <= names
+        assert {n for n, p in params.items() if p.ndim == 1} <= names  # norms and biases
+        decayed = params.keys() - names
+        assert "blocks.0.attn.qkv.weight" in decayed and "head.weight" in decayed
+        assert all(params[n].ndim >= 2 for n in decayed)
+    assert "pos_embed.table" in tiny_vit(scheme="learned_1d").no_weight_decay()
+    assert {"pos_embed.offset_table", "pos_embed.class_table"} <= tiny_vit(scheme="relative_bias").no_weight_decay()
+
+
+def test_stochastic_depth_grows_linearly_over_depth():
+    model = tiny_vit(depth=5, drop_path_rate=0.2)
+    rates = [getattr(block.drop_path, "drop_prob", 0.0) for block in model.blocks]
+    assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])

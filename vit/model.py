@@ -1,0 +1,124 @@
+"""The Vision Transformer (Dosovitskiy et al. 2021), assembled from swappable parts.
+
+    image -> patch embedding -> [class token] -> positional scheme (tokens) -> dropout
+          -> depth x Block (positional scheme inside attention) -> pool -> norm -> head
+
+`patch_embed` and `pos_embed` are factories (a class, or the partial that Hydra builds from
+`configs/model/patch_embed/*.yaml` and `configs/model/pos_embed/*.yaml`), called with the
+sizes the model knows. `pool="cls"` classifies from a prepended class token after a final
+LayerNorm (timm's `norm`); `pool="gap"` averages the patch tokens, then applies the
+LayerNorm (timm's `fc_norm`, big_vision's GAP head).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from vit.block import Block
+from vit.patch_embed.conv import ConvPatchEmbed
+from vit.pos_embed.base import PositionalScheme
+from vit.pos_embed.learned_1d import Learned1d
+
+POOLS = ("cls", "gap")
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class VisionTransformer(nn.Module):
+    def __init__(
+        self,
+        *,
+        img_size: int | tuple[int, int] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        pool: str = "cls",
+        drop_path_rate: float = 0.0,
+        dropout: float = 0.0,
+        patch_embed: Callable[..., nn.Module] = ConvPatchEmbed,
+        pos_embed: Callable[..., PositionalScheme] = Learned1d,
+    ):
+        super().__init__()
+        for name, value in dict(
+            patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+        ).items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.img_size = _pair(img_size)
+        self.patch_size = patch_size
+        self.pool = pool
+        grid = self.grid_for(*self.img_size)
+        num_prefix_tokens = 1 if pool == "cls" else 0
+
+        self.patch_embed = patch_embed(patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
+        # timm's init for the class token: tiny but not zero
+        self.cls_token = nn.Parameter(torch.randn(1, 1, embed_dim) * 1e-6) if num_prefix_tokens else None
+        self.pos_embed = pos_embed(
+            dim=embed_dim, num_heads=num_heads, depth=depth, grid_size=grid, num_prefix_tokens=num_prefix_tokens
+        )
+        self.pos_drop = nn.Dropout(dropout)
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # grows linearly with depth
+        self.blocks = nn.ModuleList(
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dropout, drop_path[i]) for i in range(depth)
+        )
+        self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.head_drop = nn.Dropout(dropout)
+        self.head = nn.Linear(embed_dim, num_classes)
+        self.apply(_init_linear)
+
+    def grid_for(self, height: int, width: int) -> tuple[int, int]:
+        p = self.patch_size
+        if height % p or width % p:
+            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+        return height // p, width // p
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(B, C, H, W) images of any size that is a multiple of the patch size -> (B, N, D) tokens."""
+        grid = self.grid_for(*images.shape[-2:])
+        x = self.patch_embed(images)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(self.pos_embed.add_to_tokens(x, grid))
+        hooks = self.pos_embed.attention_hooks(grid) or [None] * len(self.blocks)
+        for block, hook in zip(self.blocks, hooks):
+            x = block(x, hook)
+        return x
+
+    def forward_head(self, x: Tensor) -> Tensor:
+        x = self.norm(x[:, 0]) if self.pool == "cls" else self.norm(x.mean(dim=1))
+        return self.head(self.head_drop(x))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters an optimizer should not decay: the class token, every
+        positional table, and all norm weights and biases (every 1-D parameter)."""
+        return {
+            name
+            for name, p in self.named_parameters()
+            if p.ndim <= 1 or name == "cls_token" or name.startswith("pos_embed.")
+        }
+
+
+def _init_linear(module: nn.Module) -> None:
+    # timm's ViT init: truncated normal (std 0.02) for every Linear, zero biases
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
