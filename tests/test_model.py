@@ -90,3 +90,14 @@ def test_stochastic_depth_grows_linearly_over_depth():
     model = tiny_vit(depth=5, drop_path_rate=0.2)
     rates = [getattr(block.drop_path, "drop_prob", 0.0) for block in model.blocks]
     assert rates == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_bf16_autocast_runs_and_stays_close_to_fp32(scheme):
+    # the attention bias and the rotation must follow the queries into bf16
+    model = perturb_(tiny_vit("conv", "cls", scheme)).eval()
+    images = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = model(images)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), model(images), rtol=0, atol=0.05)
