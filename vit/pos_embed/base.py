@@ -11,6 +11,8 @@ below is one of them. The defaults do nothing, so a scheme overrides only what i
   ``scaled_dot_product_attention``; ``attn_bias`` is an additive ``(heads, N, N)`` float
   mask or ``None`` (relative position bias, rotary embedding). ``None`` instead of the
   list means the scheme does nothing inside attention.
+- ``position_table(grid)``: the ``(Gh*Gw, D)`` vectors that encode each patch position, for
+  inspection (the similarity maps in TensorBoard), or ``None`` if the scheme has none.
 
 Every method takes the patch grid ``(Gh, Gw)`` of the current input, so a model built at
 one resolution runs at any other: how each scheme handles a new grid lives next to what
@@ -51,6 +53,9 @@ class PositionalScheme(nn.Module):
         return x
 
     def attention_hooks(self, grid: tuple[int, int]) -> list[AttentionHook] | None:
+        return None
+
+    def position_table(self, grid: tuple[int, int]) -> Tensor | None:
         return None
 
 

@@ -29,6 +29,9 @@ class Learned1d(PositionalScheme):
     def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         return x + self.table_for(grid)
 
+    def position_table(self, grid: tuple[int, int]) -> Tensor:
+        return self.table_for(grid)[0, self.num_prefix_tokens :]
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "table"
         incoming = state_dict.get(key)

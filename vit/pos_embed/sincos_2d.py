@@ -37,3 +37,6 @@ class SinCos2d(PositionalScheme):
     def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
         pe = self.cached if tuple(grid) == self.grid_size else self.embedding(grid, x.device)
         return x + pe
+
+    def position_table(self, grid: tuple[int, int]) -> Tensor:
+        return self.embedding(grid)[self.num_prefix_tokens :]

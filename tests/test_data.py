@@ -1,0 +1,102 @@
+"""The data path: batches, device augmentation, the probe, digits and CIFAR's real parser."""
+
+import pytest
+import torch
+
+from data_files import make_cifar10_archive
+from vit.data import DataError
+from vit.data.augment import batch_generator, random_crop_flip
+from vit.data.batches import ShardedBatches, epoch_order
+from vit.data.cifar import Cifar
+from vit.data.digits import Digits
+from vit.data.probe import PLUS, SQUARE, PositionProbe
+
+GREY = dict(in_chans=1, mean=[0.5], std=[0.5])
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_ranks_together_see_the_global_batches_of_one_process(world):
+    order = epoch_order(100, seed=3, epoch=2)
+    ranks = [ShardedBatches(100, 16, r, world, seed=3) for r in range(world)]
+    for r in ranks:
+        r.set_epoch(2)
+    steps = list(zip(*ranks))
+    assert len(steps) == 100 // 16
+    for t, parts in enumerate(steps):
+        assert torch.equal(torch.cat(parts), order[t * 16 : (t + 1) * 16])
+
+
+def test_an_epoch_restarts_at_a_batch_and_epochs_differ():
+    full = ShardedBatches(50, 5, 0, 1, seed=0)
+    full.set_epoch(1)
+    later = ShardedBatches(50, 5, 0, 1, seed=0)
+    later.set_epoch(1, start=4)
+    assert [b.tolist() for b in later] == [b.tolist() for b in list(full)[4:]]
+    assert not torch.equal(epoch_order(50, 0, 1), epoch_order(50, 0, 2))
+
+
+def test_evaluation_shards_cover_every_sample_once():
+    shards = [torch.cat(list(ShardedBatches(103, 9, r, 3, seed=0, train=False))) for r in range(3)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(103))
+
+
+def test_device_crop_and_flip_are_per_sample_and_rank_independent():
+    images = torch.arange(6 * 2 * 5 * 5, dtype=torch.float32).reshape(6, 2, 5, 5).to(torch.uint8)
+    whole = random_crop_flip(images, 2, True, batch_generator(torch.device("cpu"), 0, 1, 7), 6, 0)
+    halves = [
+        random_crop_flip(images[i * 3 : i * 3 + 3], 2, True, batch_generator(torch.device("cpu"), 0, 1, 7), 6, i * 3)
+        for i in range(2)
+    ]
+    assert torch.equal(torch.cat(halves), whole)
+    assert whole.shape == images.shape and whole.dtype == torch.uint8
+    for out, src in zip(whole, images):  # each output is a shifted (and maybe mirrored) window of its own input
+        padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
+        windows = [padded[:, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
+        assert any(torch.equal(out, w) or torch.equal(out, w.flip(-1)) for w in windows)
+    assert len({tuple(o.flatten().tolist()) for o in whole}) > 1
+
+
+def test_probe_labels_follow_the_shapes_and_each_shape_fills_one_patch():
+    probe = PositionProbe(name="probe", img_size=16, num_classes=4, batch_size=8, cell=4, **GREY)
+    split = probe.generate(200, seed=5)
+    assert split.images.shape == (200, 1, 16, 16) and split.labels.bincount(minlength=4).min() > 30
+    for image, label in zip(split.images[:, 0], split.labels):
+        bright = (image >= 160).nonzero()
+        cells = {(int(r) // 4, int(c) // 4) for r, c in bright}
+        assert len(cells) == 2  # two shapes, each inside one 4x4 cell
+        (ra, ca), (rb, cb) = sorted(cells)
+        assert ra != rb and ca != cb
+        # find which cell holds the plus (5 pixels) and which the square (9)
+        count = {cell: sum((int(r) // 4, int(c) // 4) == cell for r, c in bright) for cell in cells}
+        plus = next(c for c, n in count.items() if n == len(PLUS))
+        square = next(c for c, n in count.items() if n == len(SQUARE))
+        assert int(label) == 2 * (plus[1] > square[1]) + (plus[0] > square[0])
+
+
+def test_probe_is_the_same_every_time_and_refuses_bad_cells():
+    make = lambda **kw: PositionProbe(name="probe", img_size=16, num_classes=4, batch_size=8, **GREY, **kw)  # noqa: E731
+    assert torch.equal(make().generate(10, 1).images, make().generate(10, 1).images)
+    with pytest.raises(ValueError, match="cells"):
+        make(cell=5)
+
+
+def test_digits_split_is_stratified_and_fixed():
+    digits = Digits(name="digits", img_size=16, num_classes=10, batch_size=8, **GREY)
+    train, val = digits.splits()
+    assert len(train.labels) + len(val.labels) == 1797 and len(val.labels) == 359
+    assert val.labels.bincount().tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]
+    assert train.images.shape[1:] == (1, 16, 16) and train.images.dtype == torch.uint8
+    assert torch.equal(digits.splits()[1].labels, val.labels)
+
+
+def test_cifar_reads_the_archive_and_reports_what_is_missing(tmp_path):
+    make_cifar10_archive(tmp_path)
+    cifar = Cifar(name="cifar10", root=str(tmp_path), download=False, verify_checksums=False, img_size=32,
+                  in_chans=3, num_classes=10, batch_size=8, mean=[0.5] * 3, std=[0.5] * 3)
+    train, val = cifar.splits()
+    assert train.images.shape == (80, 3, 32, 32) and val.images.shape == (16, 3, 32, 32)
+    assert train.images.dtype == torch.uint8 and train.labels.max() < 10
+    empty = Cifar(name="cifar10", root=str(tmp_path / "none"), download=False, img_size=32, in_chans=3,
+                  num_classes=10, batch_size=8, mean=[0.5] * 3, std=[0.5] * 3)
+    with pytest.raises(DataError, match="put cifar-10-python.tar.gz"):
+        empty.splits()

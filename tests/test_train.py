@@ -1,0 +1,238 @@
+"""End to end: `scripts/train.py` on real formats, what it leaves behind, and never losing work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from data_files import make_cifar10_archive, make_class_folders
+from vit.checkpoint import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.drop_path_rate=0", "trainer.log_every=5"]
+
+
+def command(run_dir, *overrides):
+    return [sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
+
+
+def train(run_dir, *overrides, ok=True, env=None, cwd=None):
+    proc = subprocess.run(command(run_dir, *overrides), cwd=cwd or run_dir.parent, capture_output=True,
+                          text=True, timeout=600, env=env)
+    if ok:
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_error_line(proc, code=1):
+    assert proc.returncode == code, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    train(run, "experiment=digits", "trainer.epochs=2", *TINY)
+
+    records = metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert {"train_loss", "val_loss", "val_acc1", "val_acc5", "lr", "images_per_sec", "epoch_s", "step"} <= records[0].keys()
+    assert records[1]["train_loss"] < records[0]["train_loss"]
+    assert records[1]["step"] == 2 * (1438 // 64)  # digits: 1,438 training images, batch 64
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["best_val_acc1"] == max(r["val_acc1"] for r in records)
+    assert summary["final_val_acc1"] == records[-1]["val_acc1"]
+    assert summary["epochs"] == 2 and summary["train_images_per_sec"] > 0 and summary["wall_time_s"] > 0
+    assert "trainer.epochs=2" in summary["overrides"] and summary["pos_embed"] == "learned_1d"
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "train/images_per_sec", "val/loss", "val/acc1", "val/acc5", "time/epoch_s"} <= scalars
+    assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([r["val_acc1"] for r in records])
+    assert "pos_embed/similarity" in events.Tags()["images"]
+    assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
+
+    last, best = load_checkpoint(run / "checkpoints" / "last.pt"), load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (last["epoch"], last["step"]) == (2, records[-1]["step"])
+    assert {"optimizer", "scheduler", "scaler", "ema", "rng", "config"} <= last.keys()
+    assert last["config"]["model"]["embed_dim"] == 32
+    assert summary["params"] == sum(t.numel() for k, t in last["model"].items() if "running" not in k)
+    best_epoch = max(records, key=lambda r: r["val_acc1"])["epoch"]
+    assert best["epoch"] == best_epoch
+    assert not list(run.glob("checkpoints/*.tmp"))
+
+    # a fresh run may not overwrite it
+    again = train(run, "experiment=digits", "trainer.epochs=2", *TINY, ok=False)
+    assert "already holds a run" in one_error_line(again)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last["step"]
+
+
+def test_probe_run(tmp_path):
+    run = tmp_path / "run"
+    train(run, "experiment=probe", "trainer.epochs=1", "data.num_train=512", "data.num_val=256", *TINY)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data"] == "probe" and 0 <= summary["final_val_acc1"] <= 100
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
+
+
+def test_class_folder_tree(tmp_path):
+    root = make_class_folders(tmp_path / "tree")
+    common = ["data=imagefolder", f"data.root={root}", "data.img_size=16", "data.batch_size=6",
+              "data.num_workers=1", "trainer.epochs=1", *TINY]
+    run = tmp_path / "run"
+    train(run, *common, "data.num_classes=3", "data.policy=trivialaugment")
+    assert metrics(run)[0]["val_acc1"] * 12 / 100 == pytest.approx(round(metrics(run)[0]["val_acc1"] * 12 / 100))
+    subset = tmp_path / "subset"
+    train(subset, *common, "data.num_classes=2", "data.classes=[dog,fox]")
+    assert load_checkpoint(subset / "checkpoints" / "last.pt")["model"]["head.weight"].shape[0] == 2
+    mismatch = train(tmp_path / "mismatch", *common, "data.num_classes=5", ok=False)
+    assert "3 classes under" in one_error_line(mismatch)
+
+
+def test_cifar_archive_through_torchvisions_parser(tmp_path):
+    data_root = tmp_path / "data"
+    make_cifar10_archive(data_root)
+    run = tmp_path / "run"
+    train(run, "data=cifar10", f"data.root={data_root}", "data.download=false", "data.verify_checksums=false",
+          "data.batch_size=16", "trainer.epochs=1", *TINY)
+    assert (data_root / "cifar-10-batches-py" / "data_batch_1").exists()  # extracted from the archive
+    record = metrics(run)[0]
+    assert record["step"] == 5 * 16 // 16  # 80 training images
+    assert record["val_acc1"] * 16 / 100 == pytest.approx(round(record["val_acc1"] * 16 / 100))
+
+
+def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
+    # dropout, stochastic depth, mixup and EMA all draw randomness or carry state
+    args = ["experiment=digits", "trainer.epochs=4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+            "model.dropout=0.1", "model.drop_path_rate=0.1", "data.mixup=0.2", "trainer.ema=true", "trainer.log_every=3"]
+    full = tmp_path / "full"
+    train(full, *args)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(command(cut, *args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not ((cut / "metrics.jsonl").exists() and (cut / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    stopped = load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert 1 <= stopped["epoch"] < 4
+
+    train(cut, *args, "resume=auto")
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(cut / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs"
+    assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3, 4]  # each epoch logged once
+    assert [r["val_acc1"] for r in metrics(cut)] == [r["val_acc1"] for r in metrics(full)]
+    events = EventAccumulator(str(cut))
+    events.Reload()
+    assert len(events.Scalars("val/acc1")) == 4
+
+
+def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
+    run = tmp_path / "run"
+    train(run, "experiment=probe", "trainer.epochs=1", "data.num_train=256", "data.num_val=128", *TINY)
+    good = run / "checkpoints" / "last.pt"
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    proc = train(tmp_path / "a", "experiment=probe", f"resume={truncated}", *TINY, ok=False)
+    assert "is not a checkpoint this trainer can read" in one_error_line(proc)
+
+    marker = tmp_path / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model": Payload()}, hostile)
+    proc = train(tmp_path / "b", "experiment=probe", f"resume={hostile}", *TINY, ok=False)
+    assert "is not a checkpoint this trainer can read" in one_error_line(proc)
+    assert not marker.exists()
+
+    proc = train(tmp_path / "c", "experiment=probe", f"resume={tmp_path / 'nowhere.pt'}", *TINY, ok=False)
+    assert "no checkpoint at" in one_error_line(proc)
+
+    other = train(tmp_path / "d", "experiment=probe", f"resume={good}", "model.embed_dim=64", "model.depth=1",
+                  "model.num_heads=2", ok=False)
+    assert "model.embed_dim=32, this run has 64" in one_error_line(other)
+
+
+def test_diverging_loss_stops_naming_the_step(tmp_path):
+    run = tmp_path / "run"
+    proc = train(run, "experiment=probe", "data.num_train=512", "optim.lr=1e30", "optim.warmup_epochs=0",
+                 "optim.clip_grad=null", "trainer.log_every=1", *TINY[:-1], ok=False)
+    line = one_error_line(proc)
+    assert "at step" in line and ("nan" in line or "inf" in line)
+    assert not (run / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,message,code",
+    [
+        (["data=cifar10", "data.root={tmp}/empty", "data.download=false"],
+         "cifar10 not found: put cifar-10-python.tar.gz", 1),
+        (["data=imagefolder", "data.root={tmp}/nothing"], "no folder", 1),
+        (["experiment=probe", "trainer.precision=fp8"], "trainer.precision must be", 1),
+        (["experiment=probe", "data.batch_size=7", "data.mixup=0.5"], "even batch size", 2),
+        (["experiment=probe", "model.embed_dim=30"], "embed_dim 30 is not divisible", 2),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, overrides, message, code):
+    proc = train(tmp_path / "run", *[o.format(tmp=tmp_path) for o in overrides], ok=False)
+    assert message in one_error_line(proc, code)
+
+
+def test_unknown_key_and_unwritable_run_dir_fail_cleanly(tmp_path):
+    proc = train(tmp_path / "run", "trainer.epoch=3", ok=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "trainer.epoch" in proc.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = train(blocker / "run", "experiment=probe", ok=False, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and str(blocker) in proc.stderr
+
+
+def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
+    args = ["experiment=probe", "trainer.epochs=2", "data.num_train=512", "data.num_val=256", "data.batch_size=64",
+            *TINY]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(one, *args, env=env)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(torchrun + command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    a, b = load_checkpoint(one / "checkpoints" / "last.pt"), load_checkpoint(two / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 2 * (512 // 64)  # the same global batches
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-4)
+    assert len(b["rng"]) == 2  # every rank's random streams
+    for x, y in zip(metrics(one), metrics(two)):
+        assert y["train_loss"] == pytest.approx(x["train_loss"], abs=1e-5)
+        assert y["val_acc1"] == pytest.approx(x["val_acc1"], abs=100 / 256 + 1e-9)  # at most one image apart
+    summary = json.loads((two / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    # one run directory, written by rank 0 only
+    assert len(list(two.glob("events.out.tfevents.*"))) == 1 and len(metrics(two)) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]

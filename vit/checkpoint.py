@@ -1,0 +1,61 @@
+"""Checkpoints that survive a crash mid-write and can never execute code when read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "config")
+
+
+class CheckpointError(Exception):
+    pass
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """Write to a temporary file in the same folder, flush it to disk, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read with weights_only=True: tensors and plain containers only, no code runs."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt, or a pickle that asks for code
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a checkpoint this trainer can read: {reason}") from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(REQUIRED)})")
+    return state
+
+
+def rng_state() -> dict:
+    """This process's random streams, as tensors and numbers (readable with weights_only)."""
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,57 @@
+"""Which samples go in which batch, identical for any number of processes.
+
+The epoch's order is a permutation seeded by (seed, epoch); global batch t is
+order[t*B:(t+1)*B] and rank r trains on its r-th contiguous slice. So a run on N
+processes sees the same global batches as a run on one, and an epoch can be restarted
+at any batch (resume) without replaying the ones before it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vit.data import DataError
+
+
+def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
+    if not shuffle:
+        return torch.arange(num_samples)
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(num_samples, generator=generator)
+
+
+class ShardedBatches:
+    """Index batches for one rank: `set_epoch(epoch, start)` then iterate.
+
+    Training (`drop_last=True`) keeps whole global batches; evaluation (`drop_last=False`,
+    no shuffle) gives rank r every world-th sample so that each sample counts once.
+    """
+
+    def __init__(
+        self, num_samples: int, global_batch: int, rank: int, world: int, seed: int, train: bool = True
+    ):
+        if global_batch % world:
+            raise DataError(f"data.batch_size={global_batch} is not divisible by the {world} processes")
+        self.num_samples, self.global_batch = num_samples, global_batch
+        self.rank, self.world, self.seed, self.train = rank, world, seed, train
+        self.local_batch = global_batch // world
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.global_batch
+        shard = len(range(self.rank, self.num_samples, self.world))
+        return -(-shard // self.local_batch)
+
+    def __iter__(self):
+        if self.train:
+            order = epoch_order(self.num_samples, self.seed, self.epoch)
+            for t in range(self.start, len(self)):
+                lo = t * self.global_batch + self.rank * self.local_batch
+                yield order[lo : lo + self.local_batch]
+        else:
+            shard = torch.arange(self.rank, self.num_samples, self.world)
+            yield from shard.split(self.local_batch)

@@ -1,0 +1,95 @@
+"""Datasets small enough to hold as one uint8 tensor (CIFAR, digits, the positional probe).
+
+On a GPU the whole split lives on the device; each batch is gathered, cropped and flipped
+there, so a small ViT is never waiting for a data loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from vit.data.augment import batch_generator, random_crop_flip
+from vit.data.batches import ShardedBatches
+
+
+@dataclass
+class Split:
+    images: Tensor  # uint8 (N, C, H, W)
+    labels: Tensor  # int64 (N,)
+
+
+class DataSource:
+    """What every data config builds: sizes, normalisation, batch size and mixing."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        img_size: int,
+        in_chans: int,
+        num_classes: int,
+        batch_size: int,
+        mean: list[float],
+        std: list[float],
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+    ):
+        if len(mean) != in_chans or len(std) != in_chans:
+            raise ValueError(f"data: mean and std need {in_chans} values, one per channel")
+        if (mixup or cutmix) and batch_size % 2:
+            raise ValueError(f"data: mixup and cutmix need an even batch size, got {batch_size}")
+        self.name, self.img_size, self.in_chans, self.num_classes = name, img_size, in_chans, num_classes
+        self.batch_size, self.mean, self.std = batch_size, list(mean), list(std)
+        self.mixup, self.cutmix = mixup, cutmix
+
+
+class InMemoryData(DataSource):
+    def __init__(self, *, crop_padding: int = 0, flip: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.crop_padding, self.flip = crop_padding, flip
+
+    def splits(self) -> tuple[Split, Split]:
+        """(train, val) as uint8 tensors on the CPU."""
+        raise NotImplementedError
+
+    def loaders(self, device: torch.device, rank: int, world: int, seed: int):
+        train, val = self.splits()
+        augment = self.crop_padding > 0 or self.flip
+        return (
+            TensorBatches(train, device, ShardedBatches(len(train.labels), self.batch_size, rank, world, seed), self if augment else None),
+            TensorBatches(val, device, ShardedBatches(len(val.labels), self.batch_size, rank, world, seed, train=False)),
+        )
+
+
+class TensorBatches:
+    """Batches (uint8 images, labels) on the device, augmented there for training."""
+
+    def __init__(self, split: Split, device: torch.device, sampler: ShardedBatches, augment: InMemoryData | None = None):
+        self.images, self.labels = split.images.to(device), split.labels.to(device)
+        self.sampler, self.augment, self.device = sampler, augment, device
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self):
+        s = self.sampler
+        for step, index in enumerate(s, start=s.start if s.train else 0):
+            index = index.to(self.device, non_blocking=True)
+            images, labels = self.images[index], self.labels[index]
+            if self.augment is not None:
+                generator = batch_generator(self.device, s.seed, s.epoch, step)
+                images = random_crop_flip(
+                    images, self.augment.crop_padding, self.augment.flip, generator,
+                    s.global_batch, s.rank * s.local_batch,
+                )
+            yield images, labels

@@ -1,0 +1,69 @@
+"""torchrun support: one process per device, DistributedDataParallel, one run directory.
+
+`torchrun --nproc_per_node=N scripts/train.py ...` starts N processes with RANK, WORLD_SIZE
+and LOCAL_RANK set. The process group is joined before Hydra composes the config, so that
+rank 0 can hand every rank its launch time: they all resolve the same run directory, and
+only rank 0 writes there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+LAUNCH_TIME = "VIT_LAUNCH_TIME"
+
+
+@dataclass
+class Processes:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def current() -> Processes:
+    if dist.is_available() and dist.is_initialized():
+        return Processes(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Processes()
+
+
+def launch() -> None:
+    """Call before Hydra: under torchrun, join the group and agree on the launch time."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        os.environ.setdefault(LAUNCH_TIME, repr(time.time()))
+        return
+    if torch.cuda.is_available():  # NCCL for CUDA tensors, Gloo for CPU ones
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+    else:
+        dist.init_process_group(backend="gloo")
+    stamp = [repr(time.time())]
+    dist.broadcast_object_list(stamp, src=0, device=torch.device("cpu"))
+    os.environ[LAUNCH_TIME] = stamp[0]
+    if dist.get_rank() != 0:  # rank 0 alone writes the run's config and log files
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def launch_time(fmt: str) -> str:
+    """The `${launch_time:FORMAT}` resolver: like `${now:FORMAT}`, but the same on every rank."""
+    return time.strftime(fmt, time.localtime(float(os.environ.get(LAUNCH_TIME, time.time()))))
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if current().world > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,335 @@
+"""The training loop, in plain PyTorch: read it top to bottom.
+
+    set up (device, data, model, optimizer, schedule, EMA, resume)
+    for each epoch:
+        for each batch: normalise on device -> [mixup] -> forward under autocast -> backward
+                        -> clip -> step -> schedule -> EMA; every few steps: log, NaN check, stop check
+        evaluate (and the EMA), write metrics, save last.pt (and best.pt)
+    write summary.json and the HParams entry
+
+SIGTERM / Ctrl-C saves last.pt at the next step and exits; `resume=auto` picks it up at
+that exact batch, with the same random streams, so the weights end up bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from vit import distributed
+from vit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from vit.cli import build_model, instantiate_group
+from vit.data.augment import normalize
+from vit.optim import build_optimizer, warmup_cosine
+from vit.run_log import RunLog
+from vit.viz import similarity_figure
+
+log = logging.getLogger("vit")
+PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class TrainingError(Exception):
+    """Stops the run with one line and exit code 1."""
+
+
+class StopRequest:
+    """SIGTERM / SIGINT ask the loop to save and stop at the next step; a second Ctrl-C kills."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        self.signum = signum
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def choose_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("trainer.device=cuda but no CUDA device is available")
+    device = torch.device(name)
+    if device.type == "cuda" and distributed.current().world > 1:
+        device = torch.device("cuda", distributed.current().local_rank)
+    return device
+
+
+def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" else "fp32"
+    if name not in PRECISIONS:
+        raise TrainingError(f"trainer.precision must be auto, bf16, fp16 or fp32, got {name!r}")
+    return PRECISIONS[name]
+
+
+@torch.no_grad()
+def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks."""
+    net.eval()
+    totals = torch.zeros(4, device=mean.device, dtype=torch.float64)  # loss, top1, top5, count
+    for images, labels in loader:
+        with autocast():
+            logits = net(normalize(images, mean, std))
+        k = min(5, logits.shape[-1])
+        hits = logits.topk(k, dim=-1).indices == labels[:, None]
+        totals += torch.stack([
+            F.cross_entropy(logits.float(), labels, reduction="sum"),
+            hits[:, 0].sum(), hits.any(dim=-1).sum(), torch.tensor(len(labels), device=labels.device),
+        ]).double()
+    loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
+    return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
+
+
+def train(cfg: DictConfig) -> dict:
+    t_start = time.time()
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    procs = distributed.current()
+    tc, oc = cfg.trainer, cfg.optim
+
+    # --- set-up ----------------------------------------------------------------------------
+    device = choose_device(tc.device)
+    amp_dtype = choose_precision(tc.precision, device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(cfg.seed + procs.rank)
+    np.random.seed(cfg.seed + procs.rank)
+
+    data = instantiate_group(cfg, "data")
+    train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
+    mean = torch.tensor(data.mean, device=device)
+    std = torch.tensor(data.std, device=device)
+    steps_per_epoch = len(train_batches)
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{train_batches.num_samples} training images make no batch of data.batch_size={data.batch_size}")
+    total_steps = tc.epochs * steps_per_epoch
+
+    model = build_model(cfg).to(device)
+    optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=device.type == "cuda")
+    scheduler = warmup_cosine(optimizer, round(oc.warmup_epochs * steps_per_epoch), total_steps, oc.min_lr / oc.lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema else None
+    mixup = None
+    if data.mixup or data.cutmix:
+        mixup = Mixup(mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, label_smoothing=tc.label_smoothing,
+                      num_classes=data.num_classes)
+    criterion = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+
+    # --- resume ------------------------------------------------------------------------------
+    epoch, batch_in_epoch, step, best, elapsed = 0, 0, 0, -1.0, 0.0
+    partial = {"loss_sum": 0.0, "train_s": 0.0}  # progress through an epoch cut short
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else cfg.resume
+    if resume_from and (cfg.resume != "auto" or Path(resume_from).exists()):
+        state = load_checkpoint(resume_from)
+        check_same_model(state["config"], cfg)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        if ema is not None and state.get("ema") is not None:
+            ema.load_state_dict(state["ema"])
+        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
+        best, elapsed, partial = state["best_val_acc1"], state["elapsed_s"], state["partial"]
+        rngs = state["rng"]
+        if len(rngs) == procs.world:
+            set_rng_state(rngs[procs.rank])
+        log.info(f"resumed from {resume_from}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
+    elif cfg.resume == "auto":
+        log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
+    elif (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
+        raise TrainingError(
+            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
+            f"or choose another hydra.run.dir"
+        )
+
+    net = model
+    if procs.world > 1:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if tc.compile:
+        net = torch.compile(net)
+
+    if procs.is_main:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    runlog = RunLog(run_dir, procs.is_main, step if step else None, epoch)
+    params = sum(p.numel() for p in model.parameters())
+    log.info(f"{params:,} parameters, {steps_per_epoch} steps per epoch on {procs.world} x {device}, "
+             f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, run dir {run_dir}")
+    stop = StopRequest()
+    show_bar = procs.is_main and sys.stderr.isatty()
+    grid = model.grid_for(*model.img_size)
+
+    def checkpoint_state(done_epochs: int, batch: int, epoch_partial: dict) -> dict:
+        rngs = [None] * procs.world
+        if procs.world > 1:
+            torch.distributed.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        return {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "epoch": done_epochs, "batch_in_epoch": batch, "step": step, "best_val_acc1": best,
+            "elapsed_s": elapsed + time.time() - t_start, "partial": epoch_partial, "rng": rngs,
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+
+    # --- the loop ----------------------------------------------------------------------------
+    history = runlog.history() if procs.is_main else []
+    while epoch < tc.epochs:
+        t_epoch = time.time()
+        model.train()
+        train_batches.set_epoch(epoch, batch_in_epoch)
+        loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
+        window: list[torch.Tensor] = []
+        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
+                   disable=not show_bar, leave=False, dynamic_ncols=True)
+        t_train = time.time()
+        for images, labels in train_batches:
+            x, targets = normalize(images, mean, std), labels
+            if mixup is not None:
+                x, targets = mixup(x, labels)
+            with autocast():
+                loss = criterion(net(x), targets)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if oc.clip_grad:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip_grad)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            if ema is not None:
+                ema.update(model, step=step)
+            step += 1
+            batch_in_epoch += 1
+            window.append(loss.detach())
+            bar.update()
+
+            synced = step % tc.log_every == 0 or batch_in_epoch == steps_per_epoch
+            if synced:  # one sync every few steps: NaN check, logging, stop agreement across ranks
+                losses = torch.stack(window).double()
+                window = []
+                if not torch.isfinite(losses).all():
+                    first = int((~torch.isfinite(losses)).nonzero()[0])
+                    raise TrainingError(
+                        f"loss is {losses[first].item()} at step {step - len(losses) + 1 + first} "
+                        f"(epoch {epoch + 1}); stopped without saving, the last good checkpoint "
+                        f"stays in {ckpt_dir}"
+                    )
+                loss_sum += losses.sum()
+                stop_votes = torch.tensor(float(stop.signum > 0), device=device, dtype=torch.float64)
+                interval = distributed.all_reduce_sum(torch.stack([losses.mean(), stop_votes]))
+                mean_loss, stopping = interval[0].item() / procs.world, interval[1].item() > 0
+                lr = scheduler.get_last_lr()[0]
+                runlog.scalars({"train/loss": mean_loss, "train/lr": lr}, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+            else:
+                stopping = procs.world == 1 and stop.signum > 0
+            if stopping:
+                if window:
+                    loss_sum += torch.stack(window).double().sum()
+                epoch_partial = {"loss_sum": loss_sum.item(), "train_s": partial["train_s"] + time.time() - t_train}
+                state = checkpoint_state(epoch, batch_in_epoch, epoch_partial)
+                if procs.is_main:
+                    save_atomic(state, ckpt_dir / "last.pt")
+                    log.info(f"stopped by signal {stop.signum or 'on another rank'} at epoch {epoch + 1}, "
+                             f"step {step}; saved {ckpt_dir / 'last.pt'}; continue with "
+                             f"hydra.run.dir={run_dir} resume=auto")
+                bar.close()
+                runlog.close()
+                return {"stopped": stop.signum or signal.SIGTERM}
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_s = partial["train_s"] + time.time() - t_train
+        train_loss = distributed.all_reduce_sum(loss_sum.clone()).item() / (procs.world * steps_per_epoch)
+
+        val = evaluate(net, val_batches, mean, std, autocast)
+        record = {
+            "epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val["loss"],
+            "val_acc1": val["acc1"], "val_acc5": val["acc5"], "lr": scheduler.get_last_lr()[0],
+            "images_per_sec": steps_per_epoch * data.batch_size / train_s,
+        }
+        if ema is not None:
+            ema_val = evaluate(ema.module, val_batches, mean, std, autocast)
+            record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
+        record["epoch_s"] = time.time() - t_epoch
+        epoch += 1
+        batch_in_epoch, partial = 0, {"loss_sum": 0.0, "train_s": 0.0}
+        is_best = record["val_acc1"] > best
+        best = max(best, record["val_acc1"])
+
+        state = checkpoint_state(epoch, 0, partial)
+        if procs.is_main:
+            save_atomic(state, ckpt_dir / "last.pt")
+            if is_best:
+                save_atomic(state, ckpt_dir / "best.pt")
+        runlog.epoch(record)
+        history.append(record)
+        runlog.scalars({
+            "val/loss": record["val_loss"], "val/acc1": record["val_acc1"], "val/acc5": record["val_acc5"],
+            "train/images_per_sec": record["images_per_sec"], "time/epoch_s": record["epoch_s"],
+            **({"val_ema/acc1": record["ema_val_acc1"]} if ema is not None else {}),
+        }, step)
+        table = model.pos_embed.position_table(grid)
+        if table is not None and procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
+            runlog.figure("pos_embed/similarity", similarity_figure(table, grid), step)
+        log.info(f"epoch {epoch}/{tc.epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
+                 f"acc1 {val['acc1']:.2f}  acc5 {val['acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
+                 f"{record['epoch_s']:.1f}s")
+
+    # --- the end -----------------------------------------------------------------------------
+    # throughput over all epochs, including those of earlier sessions of a resumed run
+    images = len(history) * steps_per_epoch * data.batch_size
+    train_seconds = sum(steps_per_epoch * data.batch_size / r["images_per_sec"] for r in history)
+    summary = {
+        "best_val_acc1": max(r["val_acc1"] for r in history),
+        "final_val_acc1": history[-1]["val_acc1"],
+        "final_val_acc5": history[-1]["val_acc5"],
+        "params": params,
+        "train_images_per_sec": images / train_seconds,
+        "wall_time_s": elapsed + time.time() - t_start,
+        "epochs": tc.epochs,
+        "data": data.name,
+        "pos_embed": HydraConfig.get().runtime.choices.get("model/pos_embed"),
+        "overrides": list(HydraConfig.get().overrides.task),
+        "device": str(device), "world_size": procs.world,
+    }
+    if ema is not None:
+        summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in history)
+        summary["final_ema_val_acc1"] = history[-1]["ema_val_acc1"]
+    runlog.finish(summary, cfg, step)
+    runlog.close()
+    log.info(f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
+             f"{summary['wall_time_s']:.0f}s; {run_dir}")
+    return summary
+
+
+def check_same_model(saved: dict, cfg: DictConfig) -> None:
+    """Refuse to resume a checkpoint of another model or dataset with a clear line."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("model", "data"):
+        for key in sorted(set(saved.get(group, {})) | set(current[group])):
+            old, new = saved.get(group, {}).get(key), current[group].get(key)
+            if old != new and key not in ("batch_size", "root", "num_workers", "download"):
+                raise CheckpointError(f"the checkpoint was trained with {group}.{key}={old}, this run has {new}")

@@ -1,0 +1,31 @@
+"""Figures: how similar each patch position's embedding is to every other (ViT paper, Fig. 7)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+
+def similarity_mosaic(table: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(Gh*Gw, D) position vectors -> one (Gh*(Gh+1), Gw*(Gw+1)) image: tile (r, c) holds the
+    cosine similarity of position (r, c) to every position, tiles split by NaN gaps."""
+    gh, gw = grid
+    unit = F.normalize(table.detach().float().cpu(), dim=-1)
+    sim = (unit @ unit.T).reshape(gh, gw, gh, gw)
+    mosaic = torch.full((gh, gh + 1, gw, gw + 1), float("nan"))
+    mosaic[:, :gh, :, :gw] = sim.permute(0, 2, 1, 3)
+    return mosaic.reshape(gh * (gh + 1), gw * (gw + 1))
+
+
+def similarity_figure(table: Tensor, grid: tuple[int, int], title: str = "") -> plt.Figure:
+    fig, ax = plt.subplots(figsize=(5, 5 * grid[0] / grid[1] + 0.4))
+    image = ax.imshow(similarity_mosaic(table, grid).numpy(), vmin=-1, vmax=1, cmap="viridis")
+    ax.set_axis_off()
+    ax.set_title(title or "cosine similarity of position embeddings", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    return fig
