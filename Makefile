@@ -1,9 +1,9 @@
-# `make describe` and `make test` create the virtual environment .venv on first use.
+# Every target creates the virtual environment .venv on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install describe test
+.PHONY: install train describe test
 
 install: $(BIN)/.installed
 
@@ -12,7 +12,11 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
-# the model the default config builds; pass Hydra overrides as ARGS="model=vit_small ..."
+# the offline quickstart; more Hydra overrides as ARGS="trainer.epochs=10 ..."
+train: install
+	$(BIN)/python scripts/train.py experiment=digits $(ARGS)
+
+# the model a config builds, without training it
 describe: install
 	$(BIN)/python scripts/describe.py $(ARGS)
 

@@ -23,9 +23,13 @@ def similarity_mosaic(table: Tensor, grid: tuple[int, int]) -> Tensor:
 
 
 def similarity_figure(table: Tensor, grid: tuple[int, int], title: str = "") -> plt.Figure:
+    mosaic = similarity_mosaic(table, grid)
     fig, ax = plt.subplots(figsize=(5, 5 * grid[0] / grid[1] + 0.4))
-    image = ax.imshow(similarity_mosaic(table, grid).numpy(), vmin=-1, vmax=1, cmap="viridis")
+    # colour range from the lowest similarity up to 1, so that fixed tables with mostly
+    # positive similarities (sin-cos) still show their structure
+    image = ax.imshow(mosaic.numpy(), vmin=float(mosaic.nan_to_num(1.0).min()), vmax=1, cmap="viridis")
     ax.set_axis_off()
     ax.set_title(title or "cosine similarity of position embeddings", fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
     return fig
