@@ -138,8 +138,17 @@ def train(cfg: DictConfig) -> dict:
     epoch, batch_in_epoch, step, best, elapsed = 0, 0, 0, -1.0, 0.0
     partial = {"loss_sum": 0.0, "train_s": 0.0}  # progress through an epoch cut short
     ckpt_dir = run_dir / "checkpoints"
-    resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else cfg.resume
-    if resume_from and (cfg.resume != "auto" or Path(resume_from).exists()):
+    resume_from = cfg.resume
+    if cfg.resume == "auto":
+        resume_from = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
+        if resume_from is None:
+            log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
+    elif not cfg.resume and (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
+        raise TrainingError(
+            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
+            f"or choose another hydra.run.dir"
+        )
+    if resume_from:
         state = load_checkpoint(resume_from)
         check_same_model(state["config"], cfg)
         model.load_state_dict(state["model"])
@@ -154,13 +163,6 @@ def train(cfg: DictConfig) -> dict:
         if len(rngs) == procs.world:
             set_rng_state(rngs[procs.rank])
         log.info(f"resumed from {resume_from}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
-    elif cfg.resume == "auto":
-        log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
-    elif (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
-        raise TrainingError(
-            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
-            f"or choose another hydra.run.dir"
-        )
 
     net = model
     if procs.world > 1:
@@ -299,6 +301,9 @@ def train(cfg: DictConfig) -> dict:
                  f"{record['epoch_s']:.1f}s")
 
     # --- the end -----------------------------------------------------------------------------
+    if not procs.is_main:
+        runlog.close()
+        return {"best_val_acc1": best}
     # throughput over all epochs, including those of earlier sessions of a resumed run
     images = len(history) * steps_per_epoch * data.batch_size
     train_seconds = sum(steps_per_epoch * data.batch_size / r["images_per_sec"] for r in history)
@@ -325,11 +330,15 @@ def train(cfg: DictConfig) -> dict:
     return summary
 
 
+ARCHITECTURE = {"model": None, "data": ("name", "img_size", "in_chans", "num_classes", "classes")}
+TRAINING_ONLY = ("drop_path_rate", "dropout")  # may change between sessions of a run
+
+
 def check_same_model(saved: dict, cfg: DictConfig) -> None:
-    """Refuse to resume a checkpoint of another model or dataset with a clear line."""
+    """Refuse, in one line, to resume a checkpoint of another model or dataset."""
     current = OmegaConf.to_container(cfg, resolve=True)
-    for group in ("model", "data"):
-        for key in sorted(set(saved.get(group, {})) | set(current[group])):
-            old, new = saved.get(group, {}).get(key), current[group].get(key)
-            if old != new and key not in ("batch_size", "root", "num_workers", "download"):
-                raise CheckpointError(f"the checkpoint was trained with {group}.{key}={old}, this run has {new}")
+    for group, keys in ARCHITECTURE.items():
+        old, new = saved.get(group, {}), current[group]
+        for key in keys or sorted(set(old) | set(new)):
+            if key not in TRAINING_ONLY and old.get(key) != new.get(key):
+                raise CheckpointError(f"the checkpoint was trained with {group}.{key}={old.get(key)}, this run has {new.get(key)}")

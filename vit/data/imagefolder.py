@@ -17,7 +17,7 @@ from torchvision.transforms import v2
 
 from vit.data.batches import ShardedBatches
 from vit.data import DataError
-from vit.data.in_memory import DataSource
+from vit.data.source import DataSource
 
 POLICIES = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
 

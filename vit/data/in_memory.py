@@ -13,37 +13,13 @@ from torch import Tensor
 
 from vit.data.augment import batch_generator, random_crop_flip
 from vit.data.batches import ShardedBatches
+from vit.data.source import DataSource
 
 
 @dataclass
 class Split:
     images: Tensor  # uint8 (N, C, H, W)
     labels: Tensor  # int64 (N,)
-
-
-class DataSource:
-    """What every data config builds: sizes, normalisation, batch size and mixing."""
-
-    def __init__(
-        self,
-        *,
-        name: str,
-        img_size: int,
-        in_chans: int,
-        num_classes: int,
-        batch_size: int,
-        mean: list[float],
-        std: list[float],
-        mixup: float = 0.0,
-        cutmix: float = 0.0,
-    ):
-        if len(mean) != in_chans or len(std) != in_chans:
-            raise ValueError(f"data: mean and std need {in_chans} values, one per channel")
-        if (mixup or cutmix) and batch_size % 2:
-            raise ValueError(f"data: mixup and cutmix need an even batch size, got {batch_size}")
-        self.name, self.img_size, self.in_chans, self.num_classes = name, img_size, in_chans, num_classes
-        self.batch_size, self.mean, self.std = batch_size, list(mean), list(std)
-        self.mixup, self.cutmix = mixup, cutmix
 
 
 class InMemoryData(DataSource):
