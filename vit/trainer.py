@@ -80,6 +80,16 @@ def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
     return PRECISIONS[name]
 
 
+def check_finite(losses: torch.Tensor, step: int, epoch: int, ckpt_dir: Path) -> None:
+    """`losses` are those of the steps up to `step`; stop at the first that is NaN or infinite."""
+    if not torch.isfinite(losses).all():
+        first = int((~torch.isfinite(losses)).nonzero()[0])
+        raise TrainingError(
+            f"loss is {losses[first].item()} at step {step - len(losses) + 1 + first} (epoch {epoch + 1}); "
+            f"stopped without saving, the last good checkpoint stays in {ckpt_dir}"
+        )
+
+
 @torch.no_grad()
 def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
     """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks."""
@@ -231,13 +241,7 @@ def train(cfg: DictConfig) -> dict:
             if synced:  # one sync every few steps: NaN check, logging, stop agreement across ranks
                 losses = torch.stack(window).double()
                 window = []
-                if not torch.isfinite(losses).all():
-                    first = int((~torch.isfinite(losses)).nonzero()[0])
-                    raise TrainingError(
-                        f"loss is {losses[first].item()} at step {step - len(losses) + 1 + first} "
-                        f"(epoch {epoch + 1}); stopped without saving, the last good checkpoint "
-                        f"stays in {ckpt_dir}"
-                    )
+                check_finite(losses, step, epoch, ckpt_dir)
                 loss_sum += losses.sum()
                 stop_votes = torch.tensor(float(stop.signum > 0), device=device, dtype=torch.float64)
                 interval = distributed.all_reduce_sum(torch.stack([losses.mean(), stop_votes]))
@@ -248,7 +252,8 @@ def train(cfg: DictConfig) -> dict:
             else:
                 stopping = procs.world == 1 and stop.signum > 0
             if stopping:
-                if window:
+                if window:  # never save weights that a NaN has reached
+                    check_finite(torch.stack(window).double(), step, epoch, ckpt_dir)
                     loss_sum += torch.stack(window).double().sum()
                 epoch_partial = {"loss_sum": loss_sum.item(), "train_s": partial["train_s"] + time.time() - t_train}
                 state = checkpoint_state(epoch, batch_in_epoch, epoch_partial)
