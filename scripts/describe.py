@@ -10,12 +10,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
-from vit.cli import build_model
+from vit.cli import ConfigError, build_model, exit_on
 
 
 @hydra.main(config_path="../configs", config_name="describe", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    model = build_model(cfg)
+    model = exit_on({ConfigError: 2}, lambda: build_model(cfg))
     choices = HydraConfig.get().runtime.choices
     h, w = model.img_size
     grid = model.grid_for(h, w)

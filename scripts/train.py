@@ -6,21 +6,40 @@
     torchrun --nproc_per_node=4 scripts/train.py data=imagefolder data.root=/data/imagenet100
 """
 
+import contextlib
 import sys
+import traceback
+from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vit import distributed
 from vit.checkpoint import CheckpointError
+from vit.cli import ConfigError, fail
 from vit.data import DataError
-from vit.cli import run_reporting_errors
 from vit.trainer import TrainingError, train
+
+EXIT_CODES = {ConfigError: 2, TrainingError: 1, CheckpointError: 1, DataError: 1, OSError: 1}
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    result = run_reporting_errors(lambda: train(cfg), (TrainingError, CheckpointError, DataError, OSError))
+    hydra_cfg = HydraConfig.get()
+    try:
+        result = train(cfg)
+    except BaseException as e:
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)) and distributed.current().is_main:
+            # the sweep (and the ablation report) can tell a failed run from a missing one
+            with contextlib.suppress(OSError):
+                Path(hydra_cfg.runtime.output_dir, "error.txt").write_text("".join(traceback.format_exception(e)))
+        if isinstance(e, tuple(EXIT_CODES)):
+            if hydra_cfg.mode == RunMode.MULTIRUN:
+                raise  # Hydra records the failed job and goes on with the others
+            fail(str(e), code=next(c for kind, c in EXIT_CODES.items() if isinstance(e, kind)))
+        raise
     if "stopped" in result:  # preempted: last.pt is saved; exit non-zero so a scheduler requeues
         sys.exit(128 + int(result["stopped"]))
     return result["best_val_acc1"]  # for Hydra sweepers that optimise

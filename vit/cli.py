@@ -16,8 +16,11 @@ from torch import nn
 from vit.distributed import launch_time
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
-# sweep job folders are named after their overrides; keep `model/pos_embed=x` one folder deep
-OmegaConf.register_new_resolver("path_safe", lambda s: s.replace("/", "."), replace=True)
+# sweep job folders are named after their overrides, in characters that need no quoting
+# in a later override: model/pos_embed=rope_2d,seed=1 -> model.pos_embed-rope_2d__seed-1
+OmegaConf.register_new_resolver(
+    "path_safe", lambda s: s.replace("/", ".").replace("=", "-").replace(",", "__"), replace=True
+)
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -31,28 +34,32 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
+class ConfigError(Exception):
+    """A bad value in the config: one line, exit code 2."""
+
+
 def instantiate_group(cfg: DictConfig, group: str):
-    """`hydra.utils.instantiate(cfg.<group>)`; a bad value exits with one clear line."""
+    """`hydra.utils.instantiate(cfg.<group>)`, a bad value raised as one clear ConfigError."""
     try:
         return hydra.utils.instantiate(cfg[group])
     except (hydra.errors.InstantiationException, OmegaConfBaseException, ValueError, TypeError) as e:
         cause = _root_cause(e)
         if isinstance(cause, (ValueError, TypeError)):
             message = str(cause)
-            fail(message if message.startswith(f"{group}:") else f"{group}: {message}")
-        fail(str(cause).splitlines()[0])
+            raise ConfigError(message if message.startswith(f"{group}:") else f"{group}: {message}") from None
+        raise ConfigError(str(cause).splitlines()[0]) from None
 
 
 def build_model(cfg: DictConfig) -> nn.Module:
     return instantiate_group(cfg, "model")
 
 
-def run_reporting_errors(task: Callable[[], object], expected: tuple[type[BaseException], ...]):
-    """Run `task`; an expected error becomes `error: <message>` and exit code 1."""
+def exit_on(errors: dict[type[BaseException], int], task: Callable[[], object]):
+    """Run `task`; an error of a listed type becomes `error: <message>` and that exit code."""
     try:
         return task()
-    except expected as e:
-        fail(str(e), code=1)
+    except tuple(errors) as e:
+        fail(str(e), code=next(code for kind, code in errors.items() if isinstance(e, kind)))
 
 
 class RunDirCheck(Callback):

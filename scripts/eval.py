@@ -1,0 +1,39 @@
+"""Evaluate a checkpoint: accuracy at its training resolution, at other resolutions with no
+fine-tuning, and with the patches of each image shuffled. Prints JSON.
+
+    python scripts/eval.py checkpoint=outputs/runs/<run>/checkpoints/last.pt
+    python scripts/eval.py checkpoint=... resolutions=[24,48,64] output=eval.json
+"""
+
+import json
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from vit.checkpoint import CheckpointError
+from vit.cli import fail
+from vit.data import DataError
+from vit.evaluation import evaluate_checkpoint
+
+
+@hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
+    device = "cpu" if device == "auto" else device
+    try:
+        result = evaluate_checkpoint(
+            cfg.checkpoint, list(cfg.resolutions) if cfg.resolutions else None, device,
+            {"root": cfg.data_root} if cfg.data_root else None,
+        )
+    except (CheckpointError, DataError, ValueError) as e:
+        fail(str(e), code=1)
+    text = json.dumps(result, indent=2)
+    if cfg.output:
+        Path(cfg.output).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

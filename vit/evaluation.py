@@ -1,0 +1,83 @@
+"""Evaluate a trained checkpoint the ways the ablation compares schemes:
+
+- validation accuracy at the training resolution;
+- at other resolutions with no fine-tuning (the validation images resized, each scheme
+  resizing itself the way the model does: resampled table, recomputed angles or index);
+- with the patches of every image shuffled: a model without positions is unaffected,
+  a model that uses positions drops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from omegaconf import OmegaConf
+from torch import Tensor
+
+from vit.checkpoint import load_checkpoint
+from vit.data.augment import normalize
+
+RESOLUTION_FACTORS = (0.75, 1.25, 1.5, 2.0)
+
+
+def shuffle_patches(images: Tensor, patch: int, generator: torch.Generator) -> Tensor:
+    """Move the patches of each image to a random permutation of the grid positions."""
+    b, _, h, w = images.shape
+    patches = rearrange(images, "b c (h p1) (w p2) -> b (h w) c p1 p2", p1=patch, p2=patch)
+    order = torch.rand(b, patches.shape[1], generator=generator).argsort(dim=1).to(images.device)
+    patches = patches[torch.arange(b, device=images.device)[:, None], order]
+    return rearrange(patches, "b (h w) c p1 p2 -> b c (h p1) (w p2)", h=h // patch)
+
+
+def default_resolutions(img_size: int, patch: int) -> list[int]:
+    """0.75x to 2x the training size, rounded to whole patches (32 px, patch 4: 24, 40, 48, 64)."""
+    sizes = {max(patch, round(f * img_size / patch) * patch) for f in RESOLUTION_FACTORS}
+    return sorted(sizes - {img_size})
+
+
+@torch.no_grad()
+def accuracy(model, batches, mean, std, size: int | None = None, shuffle_patch: int | None = None) -> float:
+    """Top-1 accuracy (percent) over the validation batches, optionally resized or shuffled."""
+    generator = torch.Generator().manual_seed(0)
+    correct = total = 0
+    for images, labels in batches:
+        x = normalize(images, mean, std)
+        if size is not None and x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        if shuffle_patch is not None:
+            x = shuffle_patches(x, shuffle_patch, generator)
+        correct += (model(x).argmax(-1) == labels).sum().item()
+        total += len(labels)
+    return 100 * correct / total
+
+
+def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, device: str = "cpu",
+                        data_overrides: dict | None = None) -> dict:
+    """Rebuild the model and data of a checkpoint from its own config and measure it."""
+    state = load_checkpoint(path)
+    cfg = OmegaConf.create(state["config"])
+    for key, value in (data_overrides or {}).items():
+        OmegaConf.update(cfg, f"data.{key}", value)
+    model = hydra.utils.instantiate(cfg.model)
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    data = hydra.utils.instantiate(cfg.data)
+    _, val = data.loaders(torch.device(device), 0, 1, cfg.seed)
+    mean, std = torch.tensor(data.mean, device=device), torch.tensor(data.std, device=device)
+    size, patch = data.img_size, model.patch_size
+    if resolutions is None:
+        resolutions = default_resolutions(size, patch)
+    return {
+        "checkpoint": str(path),
+        "epoch": state["epoch"],
+        "img_size": size,
+        "acc1": accuracy(model, val, mean, std),
+        "acc1_at": {str(r): accuracy(model, val, mean, std, size=r) for r in resolutions},
+        "shuffled_acc1": accuracy(model, val, mean, std, shuffle_patch=patch),
+        "params": sum(p.numel() for p in model.parameters()),
+        "pos_embed_params": sum(p.numel() for p in model.pos_embed.parameters()),
+    }
