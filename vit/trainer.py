@@ -13,6 +13,7 @@ that exact batch, with the same random streams, so the weights end up bit-identi
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import signal
@@ -158,6 +159,11 @@ def train(cfg: DictConfig) -> dict:
             f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
             f"or choose another hydra.run.dir"
         )
+    if cfg.resume == "auto" and (run_dir / "summary.json").exists() and resume_from:
+        finished = json.loads((run_dir / "summary.json").read_text())
+        if finished.get("epochs") == tc.epochs:  # nothing left to do: keep its summary as it is
+            log.info(f"{run_dir} has finished all {tc.epochs} epochs; nothing to train")
+            return finished
     if resume_from:
         state = load_checkpoint(resume_from)
         check_same_model(state["config"], cfg)

@@ -1,0 +1,50 @@
+"""Compare positional schemes: train a grid of runs, evaluate them, write a report.
+
+    python scripts/ablate.py                                    # ablation=quick: offline, a few minutes
+    python scripts/ablate.py ablation=cifar10                   # 5 schemes x 3 seeds, for a GPU
+    python scripts/ablate.py ablation=cifar10 trainer.epochs=50 # any training override, for every run
+    python scripts/ablate.py ablation=cifar10 hydra/launcher=submitit_slurm   # on a cluster
+
+Arguments that start with `ablation`, `device` or `out_dir` shape the ablation; all others
+go to every training run. Writes outputs/ablations/NAME/ (report.md and the rest). Running
+it again trains only what has not finished.
+"""
+
+import shlex
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from vit.ablation import ROOT, collect, run_sweep
+from vit.cli import fail
+from vit.report import write_report
+
+OWN = ("ablation", "device", "out_dir")
+
+
+def main(argv: list[str]) -> int:
+    own = [a for a in argv if a.split("=")[0].split(".")[0].lstrip("+~") in OWN]
+    extra = [a for a in argv if a not in own]
+    try:
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            cfg = compose("ablate", overrides=own)
+    except (HydraException, OmegaConfBaseException) as e:
+        fail(str(e).splitlines()[0])
+    ablation = cfg.ablation
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    code = run_sweep(ablation, out, extra)
+    device = "cuda" if cfg.device == "auto" and __import__("torch").cuda.is_available() else cfg.device
+    runs = collect(ablation, out, "cpu" if device == "auto" else device)
+    report = write_report(ablation.name, runs, out, shlex.join(["python", "scripts/ablate.py", *argv]))
+    failed = [r for r in runs if r.status != "finished"]
+    print(f"report: {report}" + (f"  ({len(failed)} of {len(runs)} runs did not finish)" if failed else ""))
+    return 1 if failed or code else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

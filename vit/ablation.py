@@ -1,0 +1,166 @@
+"""An ablation: a grid of training runs through one Hydra multirun, then an evaluation of
+every checkpoint and the tables a report is made of.
+
+The sweep directory is fixed (`outputs/ablations/NAME/runs`) and every job runs with
+`resume=auto`, so running the same ablation again trains nothing that finished, continues
+what was cut short, and retries what failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from vit.evaluation import evaluate_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    """One point of the grid and what became of it."""
+
+    point: dict[str, str]  # grid key -> value, e.g. {"model/pos_embed": "rope_2d", "seed": "0"}
+    folder: Path
+    status: str = "missing"  # finished | failed | missing
+    error: str = ""
+    summary: dict = field(default_factory=dict)
+    evaluation: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+
+    @property
+    def scheme(self) -> str:
+        return self.point.get("model/pos_embed", "learned_1d")
+
+    @property
+    def seed(self) -> str:
+        return self.point.get("seed", "0")
+
+    @property
+    def label(self) -> str:
+        """The scheme plus any grid value other than the seed: what seeds are averaged over."""
+        extra = [f"{short(k)}={v}" for k, v in self.point.items() if k not in ("model/pos_embed", "seed")]
+        return " ".join([self.scheme, *extra])
+
+
+def short(key: str) -> str:
+    return key.split("/")[-1].split(".")[-1]
+
+
+def folder_name(point: dict[str, str]) -> str:
+    """rope_2d_seed0, or gap_rope_2d_seed0 with more grid keys: no characters to quote."""
+    parts = [f"{short(k)}-{v}" for k, v in point.items() if k not in ("model/pos_embed", "seed")]
+    return "_".join([*parts, point.get("model/pos_embed", "learned_1d"), f"seed{point.get('seed', 0)}"])
+
+
+def grid_of(cfg: DictConfig) -> dict[str, list]:
+    """{override key: values}: the schemes, then any other varied key, then the seeds."""
+    return {"model/pos_embed": list(cfg.schemes), **{k: list(v) for k, v in cfg.vary.items()}, "seed": list(cfg.seeds)}
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, str]]:
+    keys = list(grid)
+    return [dict(zip(keys, map(str, values))) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def subdir_template(grid: dict[str, list]) -> str:
+    """Hydra's `hydra.sweep.subdir` that names each job's folder like `folder_name`."""
+
+    def value(key: str) -> str:
+        return f"${{hydra:runtime.choices.{key}}}" if "/" in key else f"${{{key}}}"
+
+    parts = [f"{short(k)}-{value(k)}" for k in grid if k not in ("model/pos_embed", "seed")]
+    scheme = value("model/pos_embed") if "model/pos_embed" in grid else "learned_1d"
+    seed = value("seed") if "seed" in grid else "0"
+    return "_".join([*parts, scheme, f"seed{seed}"])
+
+
+def sweep_command(cfg: DictConfig, runs_dir: Path, extra: list[str]) -> list[str]:
+    """`scripts/train.py -m` over the grid; `extra` may pick a Hydra launcher, e.g.
+    `hydra/launcher=submitit_slurm`, or override any training key for every run."""
+    grid = [f"{key}={','.join(map(str, values))}" for key, values in grid_of(cfg).items()]
+    return [
+        sys.executable, str(ROOT / "scripts" / "train.py"), "-m",
+        *cfg.train, *extra, *grid, "resume=auto",
+        f"hydra.sweep.dir={runs_dir}", f"hydra.sweep.subdir='{subdir_template(grid_of(cfg))}'",
+    ]
+
+
+def run_sweep(cfg: DictConfig, out: Path, extra: list[str]) -> int:
+    """Train every run that has not finished. Returns the sweep's exit code (non-zero when
+    a job failed; the others still ran)."""
+    runs_dir = out / "runs"
+    points = grid_points(grid_of(cfg))
+    todo = [p for p in points if not (runs_dir / folder_name(p) / "summary.json").exists()]
+    if not todo:
+        print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
+        return 0
+    print(f"{len(todo)} of {len(points)} runs of {cfg.name} to train")
+    return subprocess.run(sweep_command(cfg, runs_dir, extra)).returncode
+
+
+def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
+    """Every grid point with its status, summary, per-epoch history and evaluation
+    (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated)."""
+    runs = []
+    for point in grid_points(grid_of(cfg)):
+        run = Run(point, out / "runs" / folder_name(point))
+        summary, error = run.folder / "summary.json", run.folder / "error.txt"
+        if summary.exists():
+            run.status, run.summary = "finished", json.loads(summary.read_text())
+            run.history = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
+            evaluation = run.folder / "eval.json"
+            if not evaluation.exists() or evaluation.stat().st_mtime < summary.stat().st_mtime:
+                result = evaluate_checkpoint(run.folder / "checkpoints" / "last.pt",
+                                             list(cfg.resolutions) if cfg.resolutions else None, device)
+                evaluation.write_text(json.dumps(result, indent=2) + "\n")
+            run.evaluation = json.loads(evaluation.read_text())
+        elif error.exists():
+            run.status = "failed"
+            run.error = error.read_text().strip().splitlines()[-1]
+        elif run.folder.exists():
+            run.status, run.error = "failed", "stopped before it finished (no summary.json, no error.txt)"
+        runs.append(run)
+    return runs
+
+
+def result_rows(runs: list[Run]) -> list[dict]:
+    """results.csv: one row per run."""
+    rows = []
+    for run in runs:
+        s, e = run.summary, run.evaluation
+        row = {"scheme": run.scheme, **{short(k): v for k, v in run.point.items() if k != "model/pos_embed"},
+               "seed": run.seed, "status": run.status,
+               "params": s.get("params", ""), "scheme_params": e.get("pos_embed_params", ""),
+               "best_acc1": s.get("best_val_acc1", ""), "final_acc1": s.get("final_val_acc1", ""),
+               "eval_acc1": e.get("acc1", "")}  # final_acc1 measured again from last.pt
+        for size, acc in e.get("acc1_at", {}).items():
+            row[f"acc1_at_{size}px"] = acc
+        row.update(shuffled_acc1=e.get("shuffled_acc1", ""), images_per_sec=s.get("train_images_per_sec", ""),
+                   wall_time_s=s.get("wall_time_s", ""), error=run.error)
+        rows.append(row)
+    return rows
+
+
+def summary_rows(runs: list[Run]) -> list[dict]:
+    """summary.csv: per label (scheme and any non-seed grid value), mean and standard
+    deviation over the finished seeds of every number in results.csv."""
+    rows = []
+    finished = [r for r in runs if r.status == "finished"]
+    for label in dict.fromkeys(r.label for r in runs):
+        group = [row for r, row in zip(finished, result_rows(finished)) if r.label == label]
+        row = {"label": label, "seeds": len(group)}
+        numeric = [k for k in (group[0] if group else {}) if isinstance(group[0][k], (int, float)) and k != "seed"]
+        for key in numeric:
+            values = [g[key] for g in group]
+            row[f"{key}_mean"] = statistics.fmean(values)
+            row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        rows.append(row)
+    return rows

@@ -1,0 +1,180 @@
+"""The ablation report: results.csv, summary.csv, report.md and its PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+
+import torch
+
+from vit.ablation import Run, result_rows, summary_rows
+from vit.checkpoint import load_checkpoint
+from vit.viz import plt, similarity_mosaic
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def by_label(runs: list[Run]) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.status == "finished":
+            groups.setdefault(run.label, []).append(run)
+    return groups
+
+
+def plot_curves(runs: list[Run], path: Path) -> None:
+    """Validation accuracy against epoch: the mean over seeds, with a band from min to max."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, group in by_label(runs).items():
+        acc = torch.tensor([[r["val_acc1"] for r in run.history] for run in group])
+        epochs = range(1, acc.shape[1] + 1)
+        line = ax.plot(epochs, acc.mean(0), label=f"{label} (n={len(group)})")[0]
+        if len(group) > 1:
+            ax.fill_between(epochs, acc.min(0).values, acc.max(0).values, color=line.get_color(), alpha=0.2)
+    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_resolutions(runs: list[Run], path: Path) -> None:
+    """Accuracy against test image size (no fine-tuning), mean over seeds."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, group in by_label(runs).items():
+        points = {group[0].evaluation["img_size"]: [r.evaluation["acc1"] for r in group]}
+        for size in group[0].evaluation["acc1_at"]:
+            points[int(size)] = [r.evaluation["acc1_at"][size] for r in group]
+        sizes = sorted(points)
+        ax.plot(sizes, [statistics.fmean(points[s]) for s in sizes], marker="o", label=label)
+    train_size = next(iter(by_label(runs).values()))[0].evaluation["img_size"] if by_label(runs) else None
+    if train_size:
+        ax.axvline(train_size, color="grey", linestyle=":", label="training size")
+    ax.set(xlabel="test image size (px)", ylabel="top-1 (%)", title="Accuracy at other resolutions")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_similarity(runs: list[Run], path: Path) -> bool:
+    """The position-similarity maps of the schemes that have a table, side by side (seed 0)."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    panels = []
+    for label, group in by_label(runs).items():
+        state = load_checkpoint(group[0].folder / "checkpoints" / "last.pt")
+        model = hydra.utils.instantiate(OmegaConf.create(state["config"]).model)
+        model.load_state_dict(state["model"])
+        grid = model.grid_for(*model.img_size)
+        table = model.pos_embed.position_table(grid)
+        if table is not None:
+            panels.append((label, similarity_mosaic(table, grid)))
+    if not panels:
+        return False
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
+    for ax, (label, mosaic) in zip(axes[0], panels):
+        ax.imshow(mosaic.numpy(), cmap="viridis", vmin=float(mosaic.nan_to_num(1.0).min()), vmax=1)
+        ax.set_title(label, fontsize=9)
+        ax.set_axis_off()
+    fig.suptitle("cosine similarity of position embeddings (each tile: one position vs all)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def fmt(row: dict, key: str) -> str:
+    if f"{key}_mean" not in row:
+        return "–"
+    return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_std']:.2f}"
+
+
+def reading(summary: list[dict], runs: list[Run]) -> list[str]:
+    """A few plain sentences on what the table says, measured against the seed spread."""
+    rows = [r for r in summary if r["seeds"]]
+    if len(rows) < 2:
+        return ["Too few finished runs to compare."]
+    lines = []
+    ranked = sorted(rows, key=lambda r: -r["final_acc1_mean"])
+    best, second = ranked[0], ranked[1]
+    gap = best["final_acc1_mean"] - second["final_acc1_mean"]
+    spread = max(best["final_acc1_std"], second["final_acc1_std"])
+    if best["seeds"] < 2:
+        verdict = "from a single seed, so the spread is unknown"
+    elif gap <= 2 * spread:
+        verdict = "within twice the seed spread, not a clear difference"
+    else:
+        verdict = "more than twice the seed spread"
+    lines.append(f"At the training resolution **{best['label']}** is best ({fmt(best, 'final_acc1')}%), "
+                 f"{gap:.2f} points ahead of {second['label']}: {verdict}.")
+    none = [r for r in rows if r["label"].split()[0] == "none"]
+    if none:
+        weakest = min((r for r in rows if r["label"].split()[0] != "none"), key=lambda r: r["final_acc1_mean"],
+                      default=None)
+        if weakest:
+            gap = weakest["final_acc1_mean"] - none[0]["final_acc1_mean"]
+            lines.append(f"Without positions the model reaches {none[0]['final_acc1_mean']:.2f}%, "
+                         f"{abs(gap):.2f} points {'below' if gap >= 0 else 'above'} the weakest scheme with "
+                         f"positions ({weakest['label']}).")
+    away = [k[:-5] for k in rows[0] if k.startswith("acc1_at_") and k.endswith("_mean")]
+    if away:
+        robust = max(rows, key=lambda r: statistics.fmean(r[f"{k}_mean"] for k in away))
+        lines.append(f"Away from the training size ({', '.join(k.split('_')[-1] for k in away)}) "
+                     f"**{robust['label']}** holds up best, averaging "
+                     f"{statistics.fmean(robust[f'{k}_mean'] for k in away):.2f}%.")
+    drops = {r["label"]: r["final_acc1_mean"] - r["shuffled_acc1_mean"] for r in rows if "shuffled_acc1_mean" in r}
+    if drops:
+        most = max(drops, key=drops.get)
+        lines.append(f"Shuffling the patches costs {most} the most ({drops[most]:.2f} points): the more a model "
+                     f"drops, the more it relies on where patches are. "
+                     + ", ".join(f"{k}: {v:.2f}" for k, v in drops.items()) + ".")
+    return lines
+
+
+def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
+    results, summary = result_rows(runs), summary_rows(runs)
+    write_csv(out / "results.csv", results)
+    write_csv(out / "summary.csv", summary)
+    plot_curves(runs, out / "curves.png")
+    plot_resolutions(runs, out / "resolutions.png")
+    has_maps = plot_similarity(runs, out / "similarity.png")
+
+    sizes = sorted({k for r in summary for k in r if k.startswith("acc1_at_") and k.endswith("_mean")},
+                   key=lambda k: int(k.split("_")[2][:-2]))
+    header = ["scheme", "seeds", "final top-1", "best top-1", *[k.split("_")[2] for k in sizes],
+              "shuffled patches", "scheme params", "images/s"]
+    lines = [f"# Ablation `{name}`", "", f"Command: `{command}`", "",
+             "Mean ± standard deviation over seeds, accuracies in percent; resolutions are test "
+             "image sizes with no fine-tuning; \"shuffled patches\" permutes the patches of each "
+             "validation image.", "",
+             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in summary:
+        cells = [row["label"], str(row["seeds"]), fmt(row, "final_acc1"), fmt(row, "best_acc1"),
+                 *[fmt(row, k[:-5]) for k in sizes], fmt(row, "shuffled_acc1"),
+                 f"{row['scheme_params_mean']:,.0f}" if "scheme_params_mean" in row else "–",
+                 f"{row['images_per_sec_mean']:,.0f}" if "images_per_sec_mean" in row else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Reading", "", *[f"- {s}" for s in reading(summary, runs)], ""]
+    failed = [r for r in runs if r.status != "finished"]
+    if failed:
+        lines += ["## Runs that did not finish", ""]
+        lines += [f"- `{r.folder.name}`: {r.status}" + (f": {r.error}" if r.error else "") for r in failed]
+        lines.append("")
+    lines += ["## Plots", "", "![validation accuracy](curves.png)", "", "![accuracy at other resolutions](resolutions.png)", ""]
+    if has_maps:
+        lines += ["![position similarity](similarity.png)", ""]
+    lines += ["Per-run numbers: `results.csv`; per-scheme: `summary.csv`. Curves of every run: "
+              f"`tensorboard --logdir {out}`.", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    return out / "report.md"
