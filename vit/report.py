@@ -116,8 +116,13 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
         verdict = "within twice the seed spread, not a clear difference"
     else:
         verdict = "more than twice the seed spread"
-    lines.append(f"At the training resolution **{best['label']}** is best ({fmt(best, 'final_acc1')}%), "
-                 f"{gap:.2f} points ahead of {second['label']}: {verdict}.")
+    tied = [r["label"] for r in ranked[1:] if r["final_acc1_mean"] == best["final_acc1_mean"]]
+    if tied:
+        lines.append(f"At the training resolution {', '.join([best['label'], *tied])} tie at "
+                     f"{best['final_acc1_mean']:.2f}%.")
+    else:
+        lines.append(f"At the training resolution **{best['label']}** is best ({fmt(best, 'final_acc1')}%), "
+                     f"{gap:.2f} points ahead of {second['label']}: {verdict}.")
     none = [r for r in rows if r["label"].split()[0] == "none"]
     if none:
         weakest = min((r for r in rows if r["label"].split()[0] != "none"), key=lambda r: r["final_acc1_mean"],
