@@ -15,7 +15,7 @@ import hydra
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from vit.checkpoint import load_checkpoint
@@ -55,15 +55,22 @@ def accuracy(model, batches, mean, std, size: int | None = None, shuffle_patch: 
     return 100 * correct / total
 
 
+def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig]:
+    """The trained model of a checkpoint, rebuilt from the config stored in it, and that config."""
+    state = load_checkpoint(path)
+    cfg = OmegaConf.create(state["config"])
+    model = hydra.utils.instantiate(cfg.model)
+    model.load_state_dict(state["model"])
+    cfg.epoch = state["epoch"]
+    return model, cfg
+
+
 def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, device: str = "cpu",
                         data_overrides: dict | None = None) -> dict:
     """Rebuild the model and data of a checkpoint from its own config and measure it."""
-    state = load_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
+    model, cfg = model_from_checkpoint(path)
     for key, value in (data_overrides or {}).items():
         OmegaConf.update(cfg, f"data.{key}", value)
-    model = hydra.utils.instantiate(cfg.model)
-    model.load_state_dict(state["model"])
     model.to(device).eval()
     data = hydra.utils.instantiate(cfg.data)
     _, val = data.loaders(torch.device(device), 0, 1, cfg.seed)
@@ -73,7 +80,7 @@ def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, 
         resolutions = default_resolutions(size, patch)
     return {
         "checkpoint": str(path),
-        "epoch": state["epoch"],
+        "epoch": cfg.epoch,
         "img_size": size,
         "acc1": accuracy(model, val, mean, std),
         "acc1_at": {str(r): accuracy(model, val, mean, std, size=r) for r in resolutions},

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from vit.ablation import Run, result_rows, summary_rows
-from vit.checkpoint import load_checkpoint
+from vit.evaluation import model_from_checkpoint
 from vit.viz import plt, similarity_mosaic
 
 
@@ -29,6 +29,15 @@ def by_label(runs: list[Run]) -> dict[str, list[Run]]:
     return groups
 
 
+def save_axes(fig, ax, path: Path, **labels) -> None:
+    ax.set(**labels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def plot_curves(runs: list[Run], path: Path) -> None:
     """Validation accuracy against epoch: the mean over seeds, with a band from min to max."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -38,12 +47,7 @@ def plot_curves(runs: list[Run], path: Path) -> None:
         line = ax.plot(epochs, acc.mean(0), label=f"{label} (n={len(group)})")[0]
         if len(group) > 1:
             ax.fill_between(epochs, acc.min(0).values, acc.max(0).values, color=line.get_color(), alpha=0.2)
-    ax.set(xlabel="epoch", ylabel="validation top-1 (%)", title="Validation accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_axes(fig, ax, path, xlabel="epoch", ylabel="validation top-1 (%)", title="Validation accuracy")
 
 
 def plot_resolutions(runs: list[Run], path: Path) -> None:
@@ -58,24 +62,14 @@ def plot_resolutions(runs: list[Run], path: Path) -> None:
     train_size = next(iter(by_label(runs).values()))[0].evaluation["img_size"] if by_label(runs) else None
     if train_size:
         ax.axvline(train_size, color="grey", linestyle=":", label="training size")
-    ax.set(xlabel="test image size (px)", ylabel="top-1 (%)", title="Accuracy at other resolutions")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_axes(fig, ax, path, xlabel="test image size (px)", ylabel="top-1 (%)", title="Accuracy at other resolutions")
 
 
 def plot_similarity(runs: list[Run], path: Path) -> bool:
     """The position-similarity maps of the schemes that have a table, side by side (seed 0)."""
-    import hydra
-    from omegaconf import OmegaConf
-
     panels = []
     for label, group in by_label(runs).items():
-        state = load_checkpoint(group[0].folder / "checkpoints" / "last.pt")
-        model = hydra.utils.instantiate(OmegaConf.create(state["config"]).model)
-        model.load_state_dict(state["model"])
+        model, _ = model_from_checkpoint(group[0].folder / "checkpoints" / "last.pt")
         grid = model.grid_for(*model.img_size)
         table = model.pos_embed.position_table(grid)
         if table is not None:
