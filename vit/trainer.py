@@ -114,6 +114,24 @@ def train(cfg: DictConfig) -> dict:
     procs = distributed.current()
     tc, oc = cfg.trainer, cfg.optim
 
+    # --- where this run stands: new, to resume, or finished -----------------------------------
+    ckpt_dir = run_dir / "checkpoints"
+    resume_from = cfg.resume
+    if cfg.resume == "auto":
+        resume_from = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
+        if resume_from is None:
+            log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
+    elif not cfg.resume and (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
+        raise TrainingError(
+            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
+            f"or choose another hydra.run.dir"
+        )
+    if cfg.resume == "auto" and (run_dir / "summary.json").exists() and resume_from:
+        finished = json.loads((run_dir / "summary.json").read_text())
+        if finished.get("epochs") == tc.epochs:  # nothing left to do: keep its summary as it is
+            log.info(f"{run_dir} has finished all {tc.epochs} epochs; nothing to train")
+            return finished
+
     # --- set-up ----------------------------------------------------------------------------
     device = choose_device(tc.device)
     amp_dtype = choose_precision(tc.precision, device)
@@ -147,22 +165,6 @@ def train(cfg: DictConfig) -> dict:
     # --- resume ------------------------------------------------------------------------------
     epoch, batch_in_epoch, step, best, elapsed = 0, 0, 0, -1.0, 0.0
     partial = {"loss_sum": 0.0, "train_s": 0.0}  # progress through an epoch cut short
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = cfg.resume
-    if cfg.resume == "auto":
-        resume_from = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
-        if resume_from is None:
-            log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
-    elif not cfg.resume and (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
-        raise TrainingError(
-            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
-            f"or choose another hydra.run.dir"
-        )
-    if cfg.resume == "auto" and (run_dir / "summary.json").exists() and resume_from:
-        finished = json.loads((run_dir / "summary.json").read_text())
-        if finished.get("epochs") == tc.epochs:  # nothing left to do: keep its summary as it is
-            log.info(f"{run_dir} has finished all {tc.epochs} epochs; nothing to train")
-            return finished
     if resume_from:
         state = load_checkpoint(resume_from)
         check_same_model(state["config"], cfg)
