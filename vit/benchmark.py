@@ -1,0 +1,179 @@
+"""Speed, memory and FLOPs of our ViT against timm's with the same configuration, and of each
+positional scheme and patch embedding against `learned_1d` with `conv`.
+
+Variants are measured interleaved (A B C ... A B C ...), so that a noisy machine slows
+them alike and their ratios hold; each figure is the median over rounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import statistics
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak
+
+
+@dataclass
+class Variant:
+    name: str
+    build: Callable[[], torch.nn.Module]
+    scheme: str = "learned_1d"
+    patch_embed: str = "conv"
+    compiled: bool = False
+    train_ips: list[float] = field(default_factory=list)
+    infer_ips: list[float] = field(default_factory=list)
+    peak_mb: float = 0.0
+    train_gflops: float = 0.0
+    params: int = 0
+
+
+def timm_equivalent(cfg) -> torch.nn.Module:
+    """timm's VisionTransformer with the configuration of our conv + learned_1d model."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    m = cfg.model
+    return VisionTransformer(
+        img_size=m.img_size, patch_size=m.patch_size, in_chans=m.in_chans, num_classes=m.num_classes,
+        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
+        qkv_bias=m.qkv_bias, drop_path_rate=m.drop_path_rate, class_token=m.pool == "cls",
+        global_pool="token" if m.pool == "cls" else "avg",
+    )
+
+
+def memory_mb(device: torch.device, peak: bool, reset: bool = False) -> float:
+    """Current or peak memory. CUDA: allocated by torch. CPU: the resident set (VmRSS /
+    VmHWM), whose peak is reset through /proc/self/clear_refs (Linux)."""
+    if device.type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(device)
+        return (torch.cuda.max_memory_allocated(device) if peak else torch.cuda.memory_allocated(device)) / 2**20
+    if reset:
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+    key = "VmHWM:" if peak else "VmRSS:"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Bench:
+    """One variant's model, optimizer and data, with a training and an inference step."""
+
+    def __init__(self, variant: Variant, *, batch: int, img_size: int, in_chans: int, classes: int,
+                 device: torch.device, amp: torch.dtype | None):
+        self.model = variant.build().to(device)
+        variant.params = sum(p.numel() for p in self.model.parameters())
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        self.net = torch.compile(self.model) if variant.compiled else self.model
+        self.x = torch.randn(batch, in_chans, img_size, img_size, device=device)
+        self.y = torch.randint(0, classes, (batch,), device=device)
+        self.autocast = partial(torch.autocast, device.type, dtype=amp) if amp else nullcontext
+
+    def train_step(self) -> None:
+        with self.autocast():
+            loss = F.cross_entropy(self.net(self.x), self.y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def infer_step(self) -> None:
+        with self.autocast():
+            self.net(self.x)
+
+
+def timed(step: Callable[[], None], steps: int, batch: int, device: torch.device) -> float:
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def release_memory(device: torch.device) -> None:
+    """Hand freed memory back (CUDA cache; glibc's heap on Linux) so the next reading starts low."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    else:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def run(variants: list[Variant], batch: int, img_size: int, in_chans: int, classes: int,
+        device: torch.device, amp: torch.dtype | None, warmup: int, steps: int, rounds: int) -> None:
+    make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device, amp=amp)
+    make(variants[0]).train_step()  # one-time set-up (thread pools, kernels) is nobody's memory
+    for v in variants:  # memory first, one variant alive at a time: weights, optimizer, activations
+        release_memory(device)
+        before = memory_mb(device, peak=False, reset=True)
+        bench = make(v)
+        for _ in range(2):  # the second step also holds the optimizer state
+            bench.train_step()
+        sync(device)
+        v.peak_mb = memory_mb(device, peak=True) - before
+        del bench
+    release_memory(device)
+    benches = [make(v) for v in variants]
+    for v, b in zip(variants, benches):
+        with FlopCounterMode(display=False) as counter:
+            b.train_step()
+        v.train_gflops = counter.get_total_flops() / batch / 1e9
+        for _ in range(warmup):  # compile, allocator and kernel selection happen here
+            b.train_step()
+            b.infer_step()
+    for _ in range(rounds):
+        for v, b in zip(variants, benches):
+            v.train_ips.append(timed(b.train_step, steps, batch, device))
+            v.infer_ips.append(timed(b.infer_step, steps, batch, device))
+
+
+def results(variants: list[Variant], device: torch.device) -> list[dict]:
+    peak = next((t for name, t in PEAK_TFLOPS.items() if device.type == "cuda"
+                 and name in torch.cuda.get_device_name(device)), None)
+    reference = next(v for v in variants if v.name.startswith("ours") and v.scheme == "learned_1d"
+                     and v.patch_embed == "conv" and not v.compiled)
+    rows = []
+    for v in variants:
+        train, infer = statistics.median(v.train_ips), statistics.median(v.infer_ips)
+        rows.append({
+            "variant": v.name, "scheme": v.scheme, "patch_embed": v.patch_embed, "compiled": v.compiled,
+            "params": v.params, "train_images_per_sec": train, "infer_images_per_sec": infer,
+            "train_step_cost_vs_ours_learned_1d": statistics.median(reference.train_ips) / train,
+            "peak_memory_mb": v.peak_mb, "train_gflops_per_image": v.train_gflops,
+            "mfu": train * v.train_gflops * 1e9 / (peak * 1e12) if peak else None,
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ["variant", "train img/s", "step cost vs ours learned_1d", "infer img/s", "peak MB",
+            "train GFLOPs/img", "MFU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for r in rows:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "–"
+        lines.append(f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
+                     f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {r['infer_images_per_sec']:,.0f} | "
+                     f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} |")
+    return "\n".join(lines)
