@@ -50,6 +50,7 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     records = metrics(run)
     assert [r["epoch"] for r in records] == [1, 2]
     assert {"train_loss", "val_loss", "val_acc1", "val_acc5", "lr", "images_per_sec", "epoch_s", "step"} <= records[0].keys()
+    assert all(0 <= r["data_wait_frac"] < 1 for r in records)
     assert records[1]["train_loss"] < records[0]["train_loss"]
     assert records[1]["step"] == 2 * (1438 // 64)  # digits: 1,438 training images, batch 64
 
@@ -62,7 +63,8 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/images_per_sec", "val/loss", "val/acc1", "val/acc5", "time/epoch_s"} <= scalars
+    assert {"train/loss", "train/lr", "train/images_per_sec", "train/data_wait_frac", "val/loss", "val/acc1", "val/acc5",
+            "time/epoch_s"} <= scalars
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([r["val_acc1"] for r in records])
     assert "pos_embed/similarity" in events.Tags()["images"]
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")

@@ -61,6 +61,24 @@ class StopRequest:
         signal.signal(signum, signal.SIG_DFL)
 
 
+class WaitClock:
+    """Wraps the batches and adds up the time the loop spends waiting for the next one."""
+
+    def __init__(self, batches):
+        self.batches, self.seconds = batches, 0.0
+
+    def __iter__(self):
+        batches = iter(self.batches)
+        while True:
+            start = time.perf_counter()
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - start
+            yield batch
+
+
 def choose_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -223,7 +241,8 @@ def train(cfg: DictConfig) -> dict:
         bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
                    disable=not show_bar, leave=False, dynamic_ncols=True)
         t_train = time.time()
-        for images, labels in train_batches:
+        waiting = WaitClock(train_batches)
+        for images, labels in waiting:
             x, targets = normalize(images, mean, std), labels
             if mixup is not None:
                 x, targets = mixup(x, labels)
@@ -275,7 +294,8 @@ def train(cfg: DictConfig) -> dict:
         bar.close()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        train_s = partial["train_s"] + time.time() - t_train
+        session_s = time.time() - t_train  # this session's part of the epoch (all of it unless resumed)
+        train_s = partial["train_s"] + session_s
         train_loss = distributed.all_reduce_sum(loss_sum.clone()).item() / (procs.world * steps_per_epoch)
 
         val = evaluate(net, val_batches, mean, std, autocast)
@@ -283,6 +303,7 @@ def train(cfg: DictConfig) -> dict:
             "epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val["loss"],
             "val_acc1": val["acc1"], "val_acc5": val["acc5"], "lr": scheduler.get_last_lr()[0],
             "images_per_sec": steps_per_epoch * data.batch_size / train_s,
+            "data_wait_frac": waiting.seconds / session_s,
         }
         if ema is not None:
             ema_val = evaluate(ema.module, val_batches, mean, std, autocast)
@@ -302,7 +323,8 @@ def train(cfg: DictConfig) -> dict:
         history.append(record)
         runlog.scalars({
             "val/loss": record["val_loss"], "val/acc1": record["val_acc1"], "val/acc5": record["val_acc5"],
-            "train/images_per_sec": record["images_per_sec"], "time/epoch_s": record["epoch_s"],
+            "train/images_per_sec": record["images_per_sec"], "train/data_wait_frac": record["data_wait_frac"],
+            "time/epoch_s": record["epoch_s"],
             **({"val_ema/acc1": record["ema_val_acc1"]} if ema is not None else {}),
         }, step)
         table = model.pos_embed.position_table(grid)

@@ -1,0 +1,32 @@
+"""The benchmark runs on CPU and reports every variant against the same reference."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_table_and_json(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "model.depth=1", "model.embed_dim=48",
+         "model.num_heads=4", "benchmark.batch_size=8", "benchmark.steps=1", "benchmark.rounds=2",
+         "benchmark.warmup=1", f"benchmark.out_dir={tmp_path}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    rows = {r["variant"]: r for r in report["results"]}
+    expected = {"ours learned_1d conv", "timm learned_1d conv", "ours none conv", "ours sincos_2d conv",
+                "ours relative_bias conv", "ours rope_2d conv", "ours learned_1d linear", "ours learned_1d conv_stem"}
+    assert set(rows) == expected
+    assert rows["ours learned_1d conv"]["train_step_cost_vs_ours_learned_1d"] == 1.0
+    assert rows["timm learned_1d conv"]["params"] == rows["ours learned_1d conv"]["params"]  # the same model
+    # the same FLOPs for the same model; a conv stem does more work per image
+    assert rows["timm learned_1d conv"]["train_gflops_per_image"] == rows["ours learned_1d conv"]["train_gflops_per_image"]
+    assert rows["ours learned_1d conv_stem"]["train_gflops_per_image"] > rows["ours learned_1d conv"]["train_gflops_per_image"]
+    for row in rows.values():
+        assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
+    assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
+    assert "| timm learned_1d conv |" in proc.stdout
