@@ -51,6 +51,22 @@ def test_every_option_composes_and_builds(group, option):
     assert model.patch_embed(torch.zeros(1, cfg.data.in_chans, *model.img_size)).ndim == 3
 
 
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_composes_and_builds(experiment):
+    cfg = compose_train([f"experiment={experiment}"])
+    model = build_model(cfg)
+    assert model.img_size == (cfg.data.img_size,) * 2 and cfg.trainer.epochs > 0
+
+
+@pytest.mark.parametrize("ablation", options("ablation"))
+def test_every_ablation_composes_into_runnable_training_overrides(ablation):
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("ablate", overrides=[f"ablation={ablation}"])
+    assert cfg.ablation.name == ablation and set(cfg.ablation.schemes) <= set(options("model/pos_embed"))
+    model = build_model(compose_train([*cfg.ablation.train, "model.depth=1"]))  # the shared overrides compose
+    assert isinstance(model, VisionTransformer)
+
+
 def test_the_default_is_the_cifar_preset():
     cfg = compose_train([])
     assert (cfg.data.name, cfg.model.patch_size, cfg.model.embed_dim, cfg.model.depth) == ("cifar10", 4, 192, 9)
