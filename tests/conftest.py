@@ -2,7 +2,6 @@ import itertools
 
 import pytest
 import torch
-from einops import rearrange
 
 from vit import VisionTransformer
 from vit.patch_embed.conv import ConvPatchEmbed
@@ -42,13 +41,6 @@ def perturb_(model: torch.nn.Module) -> torch.nn.Module:
         for name, p in model.named_parameters():
             p.add_(torch.randn_like(p) * (1.0 if name.startswith("pos_embed.") else 0.05))
     return model
-
-
-def shuffle_patches(images: torch.Tensor, patch: int, perm: torch.Tensor) -> torch.Tensor:
-    """Move the image's patches to the positions given by a permutation of the grid."""
-    h = images.shape[-2] // patch
-    patches = rearrange(images, "b c (h p1) (w p2) -> b (h w) c p1 p2", p1=patch, p2=patch)
-    return rearrange(patches[:, perm], "b (h w) c p1 p2 -> b c (h p1) (w p2)", h=h)
 
 
 @pytest.fixture(autouse=True)

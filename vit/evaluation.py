@@ -55,20 +55,20 @@ def accuracy(model, batches, mean, std, size: int | None = None, shuffle_patch: 
     return 100 * correct / total
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig]:
-    """The trained model of a checkpoint, rebuilt from the config stored in it, and that config."""
+def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig, int]:
+    """The trained model of a checkpoint, rebuilt from the config stored in it; that config;
+    and the number of epochs it had trained."""
     state = load_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
     model = hydra.utils.instantiate(cfg.model)
     model.load_state_dict(state["model"])
-    cfg.epoch = state["epoch"]
-    return model, cfg
+    return model, cfg, state["epoch"]
 
 
 def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, device: str = "cpu",
                         data_overrides: dict | None = None) -> dict:
     """Rebuild the model and data of a checkpoint from its own config and measure it."""
-    model, cfg = model_from_checkpoint(path)
+    model, cfg, epoch = model_from_checkpoint(path)
     for key, value in (data_overrides or {}).items():
         OmegaConf.update(cfg, f"data.{key}", value)
     model.to(device).eval()
@@ -80,7 +80,7 @@ def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, 
         resolutions = default_resolutions(size, patch)
     return {
         "checkpoint": str(path),
-        "epoch": cfg.epoch,
+        "epoch": epoch,
         "img_size": size,
         "acc1": accuracy(model, val, mean, std),
         "acc1_at": {str(r): accuracy(model, val, mean, std, size=r) for r in resolutions},

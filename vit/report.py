@@ -69,7 +69,7 @@ def plot_similarity(runs: list[Run], path: Path) -> bool:
     """The position-similarity maps of the schemes that have a table, side by side (seed 0)."""
     panels = []
     for label, group in by_label(runs).items():
-        model, _ = model_from_checkpoint(group[0].folder / "checkpoints" / "last.pt")
+        model, _, _ = model_from_checkpoint(group[0].folder / "checkpoints" / "last.pt")
         grid = model.grid_for(*model.img_size)
         table = model.pos_embed.position_table(grid)
         if table is not None:
