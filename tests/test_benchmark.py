@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,3 +32,20 @@ def test_benchmark_table_and_json(tmp_path):
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
     assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
     assert "| timm learned_1d conv |" in proc.stdout
+
+
+def test_compiled_variants_are_costed_against_the_compiled_reference():
+    from vit.benchmark import Variant, results
+
+    def variant(name, compiled, ips):
+        v = Variant(name, build=None, compiled=compiled, train_gflops=1.0)
+        v.train_ips, v.infer_ips = ips, ips
+        return v
+
+    eager_only = [variant("ours learned_1d conv", False, [100.0]), variant("timm learned_1d conv", False, [80.0])]
+    compiled_only = [variant("ours learned_1d conv +compile", True, [200.0]),
+                     variant("timm learned_1d conv +compile", True, [250.0])]
+    rows = results(eager_only + compiled_only, torch.device("cpu"))
+    assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 1.25, 1.0, 0.8]
+    rows = results(compiled_only, torch.device("cpu"))  # benchmark.compile=true: no eager reference
+    assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 0.8]

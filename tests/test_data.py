@@ -40,6 +40,14 @@ def test_evaluation_shards_cover_every_sample_once():
     assert sorted(torch.cat(shards).tolist()) == list(range(103))
 
 
+def test_batches_are_cut_on_the_device_they_will_be_used_on():
+    # "meta" stands in for a GPU here: the index must already live there, not be copied per step
+    train = ShardedBatches(40, 8, 0, 1, seed=0, device="meta")
+    val = ShardedBatches(40, 8, 0, 1, seed=0, train=False, device="meta")
+    assert {b.device.type for b in train} == {b.device.type for b in val} == {"meta"}
+    assert [b.shape for b in train] == [torch.Size([8])] * 5
+
+
 def test_device_crop_and_flip_are_per_sample_and_rank_independent():
     images = torch.arange(6 * 2 * 5 * 5, dtype=torch.float32).reshape(6, 2, 5, 5).to(torch.uint8)
     whole = random_crop_flip(images, 2, True, batch_generator(torch.device("cpu"), 0, 1, 7), 6, 0)

@@ -238,3 +238,33 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
     # one run directory, written by rank 0 only
     assert len(list(two.glob("events.out.tfevents.*"))) == 1 and len(metrics(two)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
+class HostEvent:
+    """torch.cuda.Event's timing interface, on the host clock: lets the CUDA branch run here."""
+
+    def __init__(self, enable_timing):
+        assert enable_timing
+
+    def record(self):
+        self.at = time.perf_counter()
+
+    def elapsed_time(self, end):  # milliseconds, like CUDA events
+        return 1000 * (end.at - self.at)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_wait_clock_counts_only_the_wait_for_batches(device, monkeypatch):
+    from vit.trainer import WaitClock
+
+    monkeypatch.setattr(torch.cuda, "Event", HostEvent)
+
+    def slow_batches():
+        for i in range(3):
+            time.sleep(0.05)  # producing a batch
+            yield i
+
+    clock = WaitClock(slow_batches(), torch.device(device))
+    for _ in clock:
+        time.sleep(0.1)  # the step itself is not waiting
+    assert 0.15 <= clock.seconds < 0.25

@@ -7,6 +7,7 @@ there, so a small ViT is never waiting for a data loader.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -34,9 +35,10 @@ class InMemoryData(DataSource):
     def loaders(self, device: torch.device, rank: int, world: int, seed: int):
         train, val = self.splits()
         augment = self.crop_padding > 0 or self.flip
+        batches = partial(ShardedBatches, global_batch=self.batch_size, rank=rank, world=world, seed=seed, device=device)
         return (
-            TensorBatches(train, device, ShardedBatches(len(train.labels), self.batch_size, rank, world, seed), self if augment else None),
-            TensorBatches(val, device, ShardedBatches(len(val.labels), self.batch_size, rank, world, seed, train=False)),
+            TensorBatches(train, device, batches(len(train.labels)), self if augment else None),
+            TensorBatches(val, device, batches(len(val.labels), train=False)),
         )
 
 
@@ -59,8 +61,7 @@ class TensorBatches:
 
     def __iter__(self):
         s = self.sampler
-        for step, index in enumerate(s, start=s.start if s.train else 0):
-            index = index.to(self.device, non_blocking=True)
+        for step, index in enumerate(s, start=s.start if s.train else 0):  # index is on the device
             images, labels = self.images[index], self.labels[index]
             if self.augment is not None:
                 generator = batch_generator(self.device, s.seed, s.epoch, step)
