@@ -8,8 +8,8 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
-from torch.utils.flop_counter import FlopCounterMode
 
+from vit.benchmark import forward_flops
 from vit.cli import ConfigError, build_model, exit_on
 
 
@@ -22,8 +22,7 @@ def main(cfg: DictConfig) -> None:
     tokens = grid[0] * grid[1] + (model.pool == "cls")
     parts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
     parts = {"cls_token": model.cls_token.numel() if model.cls_token is not None else 0, **parts}
-    with FlopCounterMode(display=False) as flops, torch.no_grad():
-        model.eval()(torch.zeros(1, cfg.model.in_chans, h, w))
+    flops = forward_flops(model.eval(), torch.zeros(1, cfg.model.in_chans, h, w))
 
     print(
         f"model       {choices['model']}: patch_embed={choices['model/patch_embed']}, "
@@ -34,7 +33,7 @@ def main(cfg: DictConfig) -> None:
     for name, count in parts.items():
         if count:
             print(f"  {name:<12}{count:>12,}")
-    print(f"forward     {flops.get_total_flops() / 1e9:.3f} GFLOPs per image (2 per multiply-add)")
+    print(f"forward     {flops / 1e9:.3f} GFLOPs per image (2 per multiply-add)")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ def test_benchmark_table_and_json(tmp_path):
     # the same FLOPs for the same model; a conv stem does more work per image
     assert rows["timm learned_1d conv"]["train_gflops_per_image"] == rows["ours learned_1d conv"]["train_gflops_per_image"]
     assert rows["ours learned_1d conv_stem"]["train_gflops_per_image"] > rows["ours learned_1d conv"]["train_gflops_per_image"]
+    # model FLOPs: a positional scheme adds no matrix products, whichever attention kernel it gets
+    assert rows["ours relative_bias conv"]["train_gflops_per_image"] == rows["ours learned_1d conv"]["train_gflops_per_image"]
     for row in rows.values():
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
     assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
