@@ -102,3 +102,13 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(scheme):
         low = model(images)
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low.float(), model(images), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("patch_embed,pool,scheme", ALL_COMBINATIONS)
+def test_torch_compile_sees_one_graph_without_breaks(patch_embed, pool, scheme):
+    # a graph break splits the compiled step and costs speed on a GPU; the positional hooks
+    # (partials and closures handed to every block) must trace straight through
+    torch._dynamo.reset()
+    model = tiny_vit(patch_embed, pool, scheme, drop_path_rate=0.1)  # training mode, drop path on
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
