@@ -10,6 +10,7 @@ from vit.data.batches import ShardedBatches, epoch_order
 from vit.data.cifar import Cifar
 from vit.data.digits import Digits
 from vit.data.probe import PLUS, SQUARE, PositionProbe
+from vit.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
 
 GREY = dict(in_chans=1, mean=[0.5], std=[0.5])
 
@@ -62,6 +63,42 @@ def test_device_crop_and_flip_are_per_sample_and_rank_independent():
         windows = [padded[:, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
         assert any(torch.equal(out, w) or torch.equal(out, w.flip(-1)) for w in windows)
     assert len({tuple(o.flatten().tolist()) for o in whole}) > 1
+
+
+def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independent():
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    choice, negate, magnitudes = draw(batch_generator(torch.device("cpu"), 0, 1, 3), 64, 0, 64)
+    out = trivial_augment(images, choice, negate, magnitudes)
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    names = list(OPERATIONS)
+    for i in range(64):  # image i went through its own operation, at the batch's magnitude and its own sign
+        name = names[int(choice[i])]
+        m = -magnitudes[name] if OPERATIONS[name][1] and negate[i] else magnitudes[name]
+        assert torch.equal(out[i : i + 1], OPERATIONS[name][2](images[i : i + 1], m)), name
+    assert len(set(choice.tolist())) >= 10 and 0 < int(negate.sum()) < 64
+    halves = []
+    for offset in (0, 32):  # two ranks with 32 images each draw what one process with 64 does
+        local = draw(batch_generator(torch.device("cpu"), 0, 1, 3), 64, offset, 32)
+        halves.append(trivial_augment(images[offset : offset + 32], *local))
+    assert torch.equal(torch.cat(halves), out)
+    other = trivial_augment(images, *draw(batch_generator(torch.device("cpu"), 0, 1, 4), 64, 0, 64))
+    assert not torch.equal(other, out)  # another step, other draws
+
+
+def test_trivial_augment_magnitudes_are_torchvisions():
+    from torchvision.transforms import v2
+
+    space = getattr(v2.TrivialAugmentWide, "_AUGMENTATION_SPACE", None)
+    if space is None:
+        pytest.skip("this torchvision keeps its TrivialAugmentWide table elsewhere")
+    assert len(space) == len(OPERATIONS)
+    for (tv_name, (magnitudes, signed)), (name, (ours, our_signed, _)) in zip(space.items(), OPERATIONS.items()):
+        assert tv_name.lower() == name.replace("_", "") and signed == our_signed
+        reference = magnitudes(BINS, 32, 32)
+        if reference is not None:
+            if name == "solarize":  # torchvision: a fraction of the dtype's largest value
+                reference = reference * 255
+            torch.testing.assert_close(torch.tensor([float(ours(b)) for b in range(BINS)]), reference.float())
 
 
 def test_probe_labels_follow_the_shapes_and_each_shape_fills_one_patch():

@@ -106,12 +106,13 @@ def test_class_folder_tree(tmp_path):
     assert "3 classes under" in one_error_line(mismatch)
 
 
-def test_cifar_archive_through_torchvisions_parser(tmp_path):
+@pytest.mark.parametrize("policy", ["none", "trivialaugment"])
+def test_cifar_archive_through_torchvisions_parser(tmp_path, policy):
     data_root = tmp_path / "data"
     make_cifar10_archive(data_root)
     run = tmp_path / "run"
     train(run, "data=cifar10", f"data.root={data_root}", "data.download=false", "data.verify_checksums=false",
-          "data.batch_size=16", "trainer.epochs=1", *TINY)
+          "data.batch_size=16", "trainer.epochs=1", f"data.policy={policy}", *TINY)
     assert (data_root / "cifar-10-batches-py" / "data_batch_1").exists()  # extracted from the archive
     record = metrics(run)[0]
     assert record["step"] == 5 * 16 // 16  # 80 training images
@@ -198,6 +199,7 @@ def test_diverging_loss_stops_naming_the_step(tmp_path):
         (["experiment=probe", "trainer.precision=fp8"], "trainer.precision must be", 1),
         (["experiment=probe", "data.batch_size=7", "data.mixup=0.5"], "even batch size", 2),
         (["experiment=probe", "model.embed_dim=30"], "embed_dim 30 is not divisible", 2),
+        (["data=cifar10", "data.policy=autoaugment"], "policy must be one of none, trivialaugment", 2),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, overrides, message, code):

@@ -15,6 +15,7 @@ from torch import Tensor
 from vit.data.augment import batch_generator, random_crop_flip
 from vit.data.batches import ShardedBatches
 from vit.data.source import DataSource
+from vit.data.trivial_augment import draw, trivial_augment
 
 
 @dataclass
@@ -23,10 +24,15 @@ class Split:
     labels: Tensor  # int64 (N,)
 
 
+POLICIES = ("none", "trivialaugment")
+
+
 class InMemoryData(DataSource):
-    def __init__(self, *, crop_padding: int = 0, flip: bool = False, **kwargs):
+    def __init__(self, *, crop_padding: int = 0, flip: bool = False, policy: str = "none", **kwargs):
         super().__init__(**kwargs)
-        self.crop_padding, self.flip = crop_padding, flip
+        if policy not in POLICIES:
+            raise ValueError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        self.crop_padding, self.flip, self.policy = crop_padding, flip, policy
 
     def splits(self) -> tuple[Split, Split]:
         """(train, val) as uint8 tensors on the CPU."""
@@ -34,7 +40,7 @@ class InMemoryData(DataSource):
 
     def loaders(self, device: torch.device, rank: int, world: int, seed: int):
         train, val = self.splits()
-        augment = self.crop_padding > 0 or self.flip
+        augment = self.crop_padding > 0 or self.flip or self.policy != "none"
         batches = partial(ShardedBatches, global_batch=self.batch_size, rank=rank, world=world, seed=seed, device=device)
         return (
             TensorBatches(train, device, batches(len(train.labels)), self if augment else None),
@@ -65,8 +71,10 @@ class TensorBatches:
             images, labels = self.images[index], self.labels[index]
             if self.augment is not None:
                 generator = batch_generator(self.device, s.seed, s.epoch, step)
+                offset = s.rank * s.local_batch
                 images = random_crop_flip(
-                    images, self.augment.crop_padding, self.augment.flip, generator,
-                    s.global_batch, s.rank * s.local_batch,
+                    images, self.augment.crop_padding, self.augment.flip, generator, s.global_batch, offset
                 )
+                if self.augment.policy == "trivialaugment":
+                    images = trivial_augment(images, *draw(generator, s.global_batch, offset, len(images)))
             yield images, labels
