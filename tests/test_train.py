@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,17 @@ def test_probe_run(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["data"] == "probe" and 0 <= summary["final_val_acc1"] <= 100
     assert load_checkpoint(run / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_run_saves_the_plain_model(tmp_path):
+    # torch.compile wraps the model; checkpoints and evaluation must still see the plain one
+    run = tmp_path / "run"
+    train(run, "experiment=probe", "trainer.epochs=1", "trainer.compile=true", "data.num_train=256",
+          "data.num_val=128", *TINY)
+    weights = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert "head.weight" in weights and not any("_orig_mod" in k for k in weights)
+    assert 0 <= metrics(run)[0]["val_acc1"] <= 100
 
 
 def test_class_folder_tree(tmp_path):
