@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from data_files import make_cifar10_archive
+from data_files import make_cifar10_archive, make_class_folders
 from vit.data import DataError
 from vit.data.augment import batch_generator, random_crop_flip
 from vit.data.batches import ShardedBatches, epoch_order
 from vit.data.cifar import Cifar
 from vit.data.digits import Digits
+from vit.data.imagefolder import ImageFolderData
 from vit.data.probe import PLUS, SQUARE, PositionProbe
 from vit.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
 
@@ -99,6 +100,30 @@ def test_trivial_augment_magnitudes_are_torchvisions():
             if name == "solarize":  # torchvision: a fraction of the dtype's largest value
                 reference = reference * 255
             torch.testing.assert_close(torch.tensor([float(ours(b)) for b in range(BINS)]), reference.float())
+
+
+def test_class_folder_batches_do_not_depend_on_workers_and_restart_exactly(tmp_path):
+    # each image is augmented from its own (seed, epoch, index) stream, so a resumed epoch
+    # sees the same pixels whichever worker now loads which batch
+    root = make_class_folders(tmp_path / "tree")
+    data = ImageFolderData(root=str(root), name="folders", img_size=16, in_chans=3, num_classes=3, batch_size=4,
+                           mean=[0.5] * 3, std=[0.5] * 3, policy="trivialaugment", num_workers=2)
+
+    def epoch(workers, start=0):
+        data.num_workers = workers
+        train, _ = data.loaders(torch.device("cpu"), 0, 1, seed=5)
+        train.set_epoch(2, start)
+        return [images for images, _ in train]
+
+    full = epoch(2)
+    assert len(full) == 9 and len({b.sum().item() for b in full}) > 1
+    assert all(torch.equal(a, b) for a, b in zip(epoch(0, start=3), full[3:]))
+    assert all(torch.equal(a, b) for a, b in zip(epoch(1, start=4), full[4:]))
+    torch.manual_seed(0)  # and the loader leaves the training loop's random stream alone
+    epoch(0)
+    after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(after, torch.rand(3))
 
 
 def test_probe_labels_follow_the_shapes_and_each_shape_fills_one_patch():

@@ -77,10 +77,13 @@ class ImageFolderData(DataSource):
                 f"{self.num_classes}; set data.num_classes={len(train.classes)}"
             )
         val = self.folder("val", train.classes)  # the same label for the same class name
+        # its own generator: the DataLoader draws a worker seed per epoch, which must not come
+        # from (and shift) the training loop's stream, or a resumed run would drift
         common = dict(num_workers=self.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=self.num_workers > 0)
+                      persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(seed))
         make = lambda ds, train_: DeviceLoader(  # noqa: E731
-            DataLoader(ds, batch_sampler=ShardedBatches(len(ds), self.batch_size, rank, world, seed, train_), **common),
+            DataLoader(ds, batch_sampler=SeededBatches(ShardedBatches(len(ds), self.batch_size, rank, world, seed, train_)),
+                       **common),
             device,
         )
         return make(train, True), make(val, False)
@@ -107,12 +110,39 @@ class DeviceLoader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
 
+class SeededBatches:
+    """Batches of (seed, index) pairs: each image is augmented from its own seed, made of
+    (run seed, epoch, index), so its crop, flip and policy are the same whichever worker
+    loads it, in every run with that seed, and after a resume mid-epoch."""
+
+    def __init__(self, batches: ShardedBatches):
+        self.batches = batches
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.batches.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        base = (self.batches.seed * 100_003 + self.batches.epoch) * 10_000_019
+        for index in self.batches:
+            yield [(base + i, i) for i in index.tolist()]
+
+
 class ClassFolders(datasets.ImageFolder):
-    """torchvision's ImageFolder over a chosen subset of the class folders."""
+    """torchvision's ImageFolder over a chosen subset of the class folders, indexed by
+    (seed, index) pairs: the transform draws from a random stream seeded for that image."""
 
     def __init__(self, root: Path, transform, select):
         self.select = select  # before super().__init__, which calls find_classes
         super().__init__(str(root), transform=transform)
+
+    def __getitem__(self, item):
+        seed, index = item
+        with torch.random.fork_rng(devices=[]):  # leaves the caller's stream alone (num_workers=0)
+            torch.manual_seed(seed)
+            return super().__getitem__(index)
 
     def find_classes(self, directory):
         names = self.select(super().find_classes(directory)[0])
