@@ -22,6 +22,18 @@ SCHEMES = {
     "rope_2d": Rope2d,
 }
 POOLS = ("cls", "gap")
+
+
+CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.fixture(autouse=True)
+def scripts_see_no_gpu(request, monkeypatch):
+    """The end-to-end tests check CPU behaviour (bit-exact resume, Gloo processes, fp32): the
+    scripts they start see no GPU, even on a machine with one. Tests marked `cuda` are exempt."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 ALL_COMBINATIONS = list(itertools.product(PATCH_EMBEDS, POOLS, SCHEMES))
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from conftest import DEVICES
 from data_files import make_cifar10_archive, make_class_folders
 from vit.data import DataError
 from vit.data.augment import batch_generator, random_crop_flip
@@ -50,11 +51,13 @@ def test_batches_are_cut_on_the_device_they_will_be_used_on():
     assert [b.shape for b in train] == [torch.Size([8])] * 5
 
 
-def test_device_crop_and_flip_are_per_sample_and_rank_independent():
-    images = torch.arange(6 * 2 * 5 * 5, dtype=torch.float32).reshape(6, 2, 5, 5).to(torch.uint8)
-    whole = random_crop_flip(images, 2, True, batch_generator(torch.device("cpu"), 0, 1, 7), 6, 0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_crop_and_flip_are_per_sample_and_rank_independent(device):
+    device = torch.device(device)
+    images = torch.arange(6 * 2 * 5 * 5, dtype=torch.float32).reshape(6, 2, 5, 5).to(torch.uint8).to(device)
+    whole = random_crop_flip(images, 2, True, batch_generator(device, 0, 1, 7), 6, 0)
     halves = [
-        random_crop_flip(images[i * 3 : i * 3 + 3], 2, True, batch_generator(torch.device("cpu"), 0, 1, 7), 6, i * 3)
+        random_crop_flip(images[i * 3 : i * 3 + 3], 2, True, batch_generator(device, 0, 1, 7), 6, i * 3)
         for i in range(2)
     ]
     assert torch.equal(torch.cat(halves), whole)
@@ -66,9 +69,11 @@ def test_device_crop_and_flip_are_per_sample_and_rank_independent():
     assert len({tuple(o.flatten().tolist()) for o in whole}) > 1
 
 
-def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independent():
-    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    choice, negate, magnitudes = draw(batch_generator(torch.device("cpu"), 0, 1, 3), 64, 0, 64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independent(device):
+    device = torch.device(device)
+    images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8).to(device)
+    choice, negate, magnitudes = draw(batch_generator(device, 0, 1, 3), 64, 0, 64)
     out = trivial_augment(images, choice, negate, magnitudes)
     assert out.shape == images.shape and out.dtype == torch.uint8
     names = list(OPERATIONS)
@@ -79,10 +84,10 @@ def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independ
     assert len(set(choice.tolist())) >= 10 and 0 < int(negate.sum()) < 64
     halves = []
     for offset in (0, 32):  # two ranks with 32 images each draw what one process with 64 does
-        local = draw(batch_generator(torch.device("cpu"), 0, 1, 3), 64, offset, 32)
+        local = draw(batch_generator(device, 0, 1, 3), 64, offset, 32)
         halves.append(trivial_augment(images[offset : offset + 32], *local))
     assert torch.equal(torch.cat(halves), out)
-    other = trivial_augment(images, *draw(batch_generator(torch.device("cpu"), 0, 1, 4), 64, 0, 64))
+    other = trivial_augment(images, *draw(batch_generator(device, 0, 1, 4), 64, 0, 64))
     assert not torch.equal(other, out)  # another step, other draws
 
 
