@@ -1,6 +1,7 @@
 """The benchmark runs on CPU and reports every variant against the same reference."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,21 @@ def test_compiled_variants_are_costed_against_the_compiled_reference():
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 1.25, 1.0, 0.8]
     rows = results(compiled_only, torch.device("cpu"))  # benchmark.compile=true: no eager reference
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 0.8]
+
+
+def test_every_compiled_variant_stays_compiled(monkeypatch, caplog):
+    # each compiled variant adds graphs for the same forward code; past dynamo's recompile
+    # limit the later ones would silently fall back to eager (lowered here to 2 to see it cheaply)
+    from functools import partial
+
+    from conftest import tiny_vit
+    from vit.benchmark import Variant, run
+
+    config = torch._dynamo.config
+    monkeypatch.setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 2)
+    torch._dynamo.reset()
+    variants = [Variant(s, partial(tiny_vit, "conv", "cls", s), scheme=s, compiled=True)
+                for s in ("learned_1d", "rope_2d")]
+    with caplog.at_level(logging.WARNING):
+        run(variants, 2, 16, 3, 7, torch.device("cpu"), None, warmup=1, steps=1, rounds=1)
+    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage()]

@@ -137,6 +137,12 @@ def release_memory(device: torch.device) -> None:
 def run(variants: list[Variant], batch: int, img_size: int, in_chans: int, classes: int,
         device: torch.device, amp: torch.dtype | None, warmup: int, steps: int, rounds: int) -> None:
     make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device, amp=amp)
+    compiled = sum(v.compiled for v in variants)
+    if compiled:  # every compiled variant needs its own graphs (training, no-grad) of the same forward code;
+        # past dynamo's recompile limit (8) the later variants would silently run eager
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+        setattr(config, limit, max(getattr(config, limit), 4 * compiled))
     make(variants[0]).train_step()  # one-time set-up (thread pools, kernels) is nobody's memory
     for v in variants:  # memory first, one variant alive at a time: weights, optimizer, activations
         release_memory(device)
