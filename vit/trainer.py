@@ -225,6 +225,9 @@ def train(cfg: DictConfig) -> dict:
     if procs.world > 1:
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if tc.compile:
+        # a Hydra sweep runs its jobs in one process: fresh caches, so earlier jobs' graphs do
+        # not count towards dynamo's recompile limit (past it, a model silently runs eager)
+        torch._dynamo.reset()
         net = torch.compile(net)
 
     if procs.is_main:
