@@ -54,7 +54,7 @@ def test_compiled_variants_are_costed_against_the_compiled_reference():
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 0.8]
 
 
-def test_every_compiled_variant_stays_compiled(monkeypatch, caplog):
+def test_every_compiled_variant_stays_compiled(caplog):
     # each compiled variant adds graphs for the same forward code; past dynamo's recompile
     # limit the later ones would silently fall back to eager (lowered here to 2 to see it cheaply)
     from functools import partial
@@ -63,10 +63,10 @@ def test_every_compiled_variant_stays_compiled(monkeypatch, caplog):
     from vit.benchmark import Variant, run
 
     config = torch._dynamo.config
-    monkeypatch.setattr(config, "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit", 2)
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     torch._dynamo.reset()
     variants = [Variant(s, partial(tiny_vit, "conv", "cls", s), scheme=s, compiled=True)
                 for s in ("learned_1d", "rope_2d")]
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING), config.patch(**{limit: 2}):  # patch() restores it afterwards
         run(variants, 2, 16, 3, 7, torch.device("cpu"), None, warmup=1, steps=1, rounds=1)
     assert not [r for r in caplog.records if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage()]
