@@ -76,10 +76,11 @@ class WaitClock:
     def __iter__(self):
         batches = iter(self.batches)
         while True:
-            start = time.perf_counter()
             if self.cuda:
                 begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 begin.record()
+            else:
+                start = time.perf_counter()
             try:
                 batch = next(batches)
             except StopIteration:

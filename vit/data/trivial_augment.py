@@ -35,22 +35,27 @@ def _translate(x: Tensor, m: float, axis: int) -> Tensor:
     return TF.affine(x, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
 
 
+def _linear(top: float):
+    """Magnitudes from 0 at bin 0 to `top` at the last bin."""
+    return lambda b: top * b / (BINS - 1)
+
+
 # name: (magnitude of bin b out of 0..BINS-1, signed, operation)
 OPERATIONS = {
-    "identity": (lambda b: 0.0, False, lambda x, m: x),
-    "shear_x": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: _shear(x, m, 0)),
-    "shear_y": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: _shear(x, m, 1)),
-    "translate_x": (lambda b: 32.0 * b / (BINS - 1), True, lambda x, m: _translate(x, m, 0)),
-    "translate_y": (lambda b: 32.0 * b / (BINS - 1), True, lambda x, m: _translate(x, m, 1)),
-    "rotate": (lambda b: 135.0 * b / (BINS - 1), True, lambda x, m: TF.rotate(x, m)),
-    "brightness": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: TF.adjust_brightness(x, 1 + m)),
-    "color": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: TF.adjust_saturation(x, 1 + m)),
-    "contrast": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: TF.adjust_contrast(x, 1 + m)),
-    "sharpness": (lambda b: 0.99 * b / (BINS - 1), True, lambda x, m: TF.adjust_sharpness(x, 1 + m)),
+    "identity": (_linear(0.0), False, lambda x, m: x),
+    "shear_x": (_linear(0.99), True, lambda x, m: _shear(x, m, 0)),
+    "shear_y": (_linear(0.99), True, lambda x, m: _shear(x, m, 1)),
+    "translate_x": (_linear(32.0), True, lambda x, m: _translate(x, m, 0)),
+    "translate_y": (_linear(32.0), True, lambda x, m: _translate(x, m, 1)),
+    "rotate": (_linear(135.0), True, lambda x, m: TF.rotate(x, m)),
+    "brightness": (_linear(0.99), True, lambda x, m: TF.adjust_brightness(x, 1 + m)),
+    "color": (_linear(0.99), True, lambda x, m: TF.adjust_saturation(x, 1 + m)),
+    "contrast": (_linear(0.99), True, lambda x, m: TF.adjust_contrast(x, 1 + m)),
+    "sharpness": (_linear(0.99), True, lambda x, m: TF.adjust_sharpness(x, 1 + m)),
     "posterize": (lambda b: 8 - round(b * 6 / (BINS - 1)), False, lambda x, m: TF.posterize(x, int(m))),
     "solarize": (lambda b: 255.0 * (1 - b / (BINS - 1)), False, lambda x, m: TF.solarize(x, m)),
-    "autocontrast": (lambda b: 0.0, False, lambda x, m: TF.autocontrast(x)),
-    "equalize": (lambda b: 0.0, False, lambda x, m: TF.equalize(x)),
+    "autocontrast": (_linear(0.0), False, lambda x, m: TF.autocontrast(x)),
+    "equalize": (_linear(0.0), False, lambda x, m: TF.equalize(x)),
 }
 
 
