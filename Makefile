@@ -1,15 +1,16 @@
-# Every target creates the virtual environment .venv on first use.
+# Every target creates the virtual environment .venv on first use, from the lock.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train describe test
+.PHONY: install train describe test lock
 
 install: $(BIN)/.installed
 
-$(BIN)/.installed: pyproject.toml
+# requirements.lock pins every package (scripts/lock.py); pyproject.toml keeps the ranges
+$(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -e ".[dev]"
+	$(BIN)/pip install -c requirements.lock -e ".[dev]"
 	touch $@
 
 # the offline quickstart; more Hydra overrides as ARGS="trainer.epochs=10 ..."
@@ -21,4 +22,11 @@ describe: install
 	$(BIN)/python scripts/describe.py $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto
+
+# re-resolve every dependency to the newest releases pyproject.toml allows, then rebuild
+# .venv from the new lock and run the tests on it; commit requirements.lock if they pass
+lock:
+	$(PYTHON) scripts/lock.py
+	rm -rf $(VENV)
+	$(MAKE) test

@@ -14,13 +14,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from vit.ablation import ROOT, collect, run_sweep
-from vit.cli import fail
-from vit.report import write_report
+from vit.ablation import collect, run_sweep
+from vit.cli import ConfigError, check_config, compose, fail
 
 OWN = ("ablation", "device", "out_dir")
 
@@ -29,16 +27,21 @@ def main(argv: list[str]) -> int:
     own = [a for a in argv if a.split("=")[0].split(".")[0].lstrip("+~") in OWN]
     extra = [a for a in argv if a not in own]
     try:
-        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-            cfg = compose("ablate", overrides=own)
-    except (HydraException, OmegaConfBaseException) as e:
+        cfg = compose("ablate", overrides=own)
+        shared = [*cfg.ablation.train, *(a for a in extra if not a.lstrip("+~").startswith("hydra"))]
+        check_config(compose("train", shared))  # what every run shares, checked before any trains
+    except (HydraException, OmegaConfBaseException, ConfigError) as e:
         fail(str(e).splitlines()[0])
     ablation = cfg.ablation
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     code = run_sweep(ablation, out, extra)
-    device = "cuda" if cfg.device == "auto" and __import__("torch").cuda.is_available() else cfg.device
+    import torch
+
+    from vit.report import write_report
+
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     runs = collect(ablation, out, "cpu" if device == "auto" else device)
     report = write_report(ablation.name, runs, out, shlex.join(["python", "scripts/ablate.py", *argv]))
     failed = [r for r in runs if r.status != "finished"]

@@ -18,17 +18,10 @@ from functools import partial
 from pathlib import Path
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vit.benchmark import Variant, markdown, results, run, timm_equivalent
-from vit.cli import ConfigError, exit_on, instantiate_group
-from vit.trainer import TrainingError, choose_device, choose_precision
-
-SCHEMES = ["none", "learned_1d", "sincos_2d", "relative_bias", "rope_2d"]
-PATCH_EMBEDS = ["conv", "linear", "conv_stem"]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from vit.cli import CONFIGS, ConfigError, check_config, exit_on, instantiate_group, options
 
 
 def ours(cfg: DictConfig, scheme: str, patch_embed: str):
@@ -39,7 +32,9 @@ def ours(cfg: DictConfig, scheme: str, patch_embed: str):
     return partial(instantiate_group, OmegaConf.create({"model": swapped}), "model")
 
 
-def variants(cfg: DictConfig, compiled_options: list[bool]) -> list[Variant]:
+def variants(cfg: DictConfig, compiled_options: list[bool]) -> list:
+    from vit.benchmark import Variant, timm_equivalent
+
     choices = HydraConfig.get().runtime.choices
     scheme, patch = choices["model/pos_embed"], choices["model/patch_embed"]
     out = []
@@ -49,9 +44,9 @@ def variants(cfg: DictConfig, compiled_options: list[bool]) -> list[Variant]:
         out.append(Variant(f"timm learned_1d conv{tag}", partial(timm_equivalent, cfg), compiled=compiled))
         if cfg.benchmark.compare:
             out += [Variant(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv", compiled)
-                    for s in SCHEMES if s != "learned_1d"]
+                    for s in options("model/pos_embed") if s != "learned_1d"]
             out += [Variant(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p, compiled)
-                    for p in PATCH_EMBEDS if p != "conv"]
+                    for p in options("model/patch_embed") if p != "conv"]
         elif (scheme, patch) != ("learned_1d", "conv"):
             out.append(Variant(f"ours {scheme} {patch}{tag}", ours(cfg, scheme, patch), scheme, patch, compiled))
     return out
@@ -59,9 +54,15 @@ def variants(cfg: DictConfig, compiled_options: list[bool]) -> list[Variant]:
 
 @hydra.main(config_path="../configs", config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
+    import torch
+
+    from vit.benchmark import markdown, results, run
+    from vit.trainer import TrainingError, choose_device, choose_precision
+
     b = cfg.benchmark
     device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
-    amp = exit_on({TrainingError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
+    amp = exit_on({ConfigError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
     compiled = {"auto": [False, True] if device.type == "cuda" else [False], True: [True], False: [False]}[b.compile]
     chosen = variants(cfg, compiled)
     exit_on({ConfigError: 2}, lambda: [v.build() for v in chosen[:1]])  # a bad model value: one line

@@ -5,16 +5,19 @@
 """
 
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vit.benchmark import forward_flops
-from vit.cli import ConfigError, build_model, exit_on
+from vit.cli import ConfigError, build_model, check_config, exit_on
 
 
 @hydra.main(config_path="../configs", config_name="describe", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
+    import torch
+
+    from vit.benchmark import forward_flops
+
     model = exit_on({ConfigError: 2}, lambda: build_model(cfg))
     choices = HydraConfig.get().runtime.choices
     h, w = model.img_size

@@ -9,17 +9,19 @@ import json
 from pathlib import Path
 
 import hydra
-import torch
 from omegaconf import DictConfig
 
-from vit.checkpoint import CheckpointError
 from vit.cli import fail
-from vit.data import DataError
-from vit.evaluation import evaluate_checkpoint
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    import torch  # after Hydra has composed: a bad override is answered at once
+
+    from vit.checkpoint import CheckpointError
+    from vit.data import DataError
+    from vit.evaluation import evaluate_checkpoint
+
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     device = "cpu" if device == "auto" else device
     try:

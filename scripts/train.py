@@ -4,6 +4,9 @@
     python scripts/train.py model/pos_embed=rope_2d            # CIFAR-10 with the default preset
     python scripts/train.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
     torchrun --nproc_per_node=4 scripts/train.py data=imagefolder data.root=/data/imagenet100
+
+Hydra composes and the config is checked before torch is imported, so a bad override or
+value is answered at once.
 """
 
 import contextlib
@@ -17,28 +20,37 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from vit import distributed
-from vit.checkpoint import CheckpointError
-from vit.cli import ConfigError, fail
-from vit.data import DataError
-from vit.trainer import TrainingError, train
-
-EXIT_CODES = {ConfigError: 2, TrainingError: 1, CheckpointError: 1, DataError: 1, OSError: 1}
+from vit.cli import ConfigError, check_config, fail
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    run_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        result = train(cfg)
+        check_config(cfg)
+    except ConfigError as e:
+        if multirun:
+            raise
+        fail(str(e))
+
+    from vit.checkpoint import CheckpointError
+    from vit.data import DataError
+    from vit.trainer import TrainingError, train
+
+    exit_codes = {ConfigError: 2, TrainingError: 1, CheckpointError: 1, DataError: 1, OSError: 1}
+    try:
+        result = train(cfg, run_dir, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
     except BaseException as e:
         if not isinstance(e, (KeyboardInterrupt, SystemExit)) and distributed.current().is_main:
             # the sweep (and the ablation report) can tell a failed run from a missing one
             with contextlib.suppress(OSError):
-                Path(hydra_cfg.runtime.output_dir, "error.txt").write_text("".join(traceback.format_exception(e)))
-        if isinstance(e, tuple(EXIT_CODES)):
-            if hydra_cfg.mode == RunMode.MULTIRUN:
+                (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))
+        if isinstance(e, tuple(exit_codes)):
+            if multirun:
                 raise  # Hydra records the failed job and goes on with the others
-            fail(str(e), code=next(c for kind, c in EXIT_CODES.items() if isinstance(e, kind)))
+            fail(str(e), code=next(c for kind, c in exit_codes.items() if isinstance(e, kind)))
         raise
     if "stopped" in result:  # preempted: last.pt is saved; exit non-zero so a scheduler requeues
         sys.exit(128 + int(result["stopped"]))

@@ -1,17 +1,24 @@
 import itertools
+import os
 
-import pytest
-import torch
+# under pytest-xdist the workers share the cores, and so do the scripts they start (which
+# inherit this): set before torch is imported, which reads it once
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 
-from vit import VisionTransformer
-from vit.patch_embed.conv import ConvPatchEmbed
-from vit.patch_embed.conv_stem import ConvStemPatchEmbed
-from vit.patch_embed.linear import LinearPatchEmbed
-from vit.pos_embed.learned_1d import Learned1d
-from vit.pos_embed.none import NoPosition
-from vit.pos_embed.relative_bias import RelativeBias
-from vit.pos_embed.rope_2d import Rope2d
-from vit.pos_embed.sincos_2d import SinCos2d
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from vit import VisionTransformer  # noqa: E402
+from vit.patch_embed.conv import ConvPatchEmbed  # noqa: E402
+from vit.patch_embed.conv_stem import ConvStemPatchEmbed  # noqa: E402
+from vit.patch_embed.linear import LinearPatchEmbed  # noqa: E402
+from vit.pos_embed.learned_1d import Learned1d  # noqa: E402
+from vit.pos_embed.none import NoPosition  # noqa: E402
+from vit.pos_embed.relative_bias import RelativeBias  # noqa: E402
+from vit.pos_embed.rope_2d import Rope2d  # noqa: E402
+from vit.pos_embed.sincos_2d import SinCos2d  # noqa: E402
 
 PATCH_EMBEDS = {"conv": ConvPatchEmbed, "linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed}
 SCHEMES = {

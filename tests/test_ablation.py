@@ -6,6 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from runs import train
+from vit.ablation import folder_name, grid_of, grid_points, run_sweep
+from vit.cli import compose
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["trainer.epochs=1", "data.num_train=256", "data.num_val=128", "model.embed_dim=32", "model.depth=1",
         "model.num_heads=2"]
@@ -16,53 +22,53 @@ def ablate(cwd, *args):
                           capture_output=True, text=True, timeout=600)
 
 
-def test_ablation_report_and_a_second_invocation_that_trains_nothing(tmp_path):
-    first = ablate(tmp_path, "ablation.schemes=[none,rope_2d]", *TINY)
-    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_what_failed(tmp_path):
+    # 16 heads of width 2: rope_2d needs a head width divisible by 4, none and learned_1d do not
+    args = ["ablation.schemes=[none,learned_1d,rope_2d]", *TINY, "model.num_heads=16"]
+    first = ablate(tmp_path, *args)
+    assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-3000:]  # one run failed, the others finished
     out = tmp_path / "outputs" / "ablations" / "quick"
     for name in ("results.csv", "summary.csv", "report.md", "curves.png", "resolutions.png"):
         assert (out / name).stat().st_size > 0, name
 
     rows = list(csv.DictReader(open(out / "results.csv")))
-    assert [(r["scheme"], r["seed"], r["status"]) for r in rows] == [("none", "0", "finished"), ("rope_2d", "0", "finished")]
-    for row in rows:  # the evaluation of last.pt gives the accuracy training logged
+    assert [(r["scheme"], r["seed"], r["status"]) for r in rows] == [
+        ("none", "0", "finished"), ("learned_1d", "0", "finished"), ("rope_2d", "0", "failed")]
+    for row in rows[:2]:  # the evaluation of last.pt gives the accuracy training logged
         assert float(row["eval_acc1"]) == float(row["final_acc1"])
         assert {"acc1_at_8px", "acc1_at_16px", "acc1_at_24px", "shuffled_acc1"} <= row.keys()  # 12 px: 0.75x to 2x
     none = rows[0]
     assert float(none["shuffled_acc1"]) == float(none["final_acc1"])  # no positions: shuffling changes nothing
+    assert "head width" in rows[2]["error"]
     summary = list(csv.DictReader(open(out / "summary.csv")))
-    assert [(r["label"], r["seeds"]) for r in summary] == [("none", "1"), ("rope_2d", "1")]
+    assert [(r["label"], r["seeds"]) for r in summary][:2] == [("none", "1"), ("learned_1d", "1")]
     report = (out / "report.md").read_text()
-    assert "| none | 1 |" in report and "| rope_2d | 1 |" in report and "![validation accuracy](curves.png)" in report
+    assert "| none | 1 |" in report and "| learned_1d | 1 |" in report and "![validation accuracy](curves.png)" in report
+    assert "## Runs that did not finish" in report and "rope_2d_seed0" in report
     # runs are named by scheme and seed, for TensorBoard
-    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == ["none_seed0", "rope_2d_seed0"]
+    assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
+        "learned_1d_seed0", "none_seed0", "rope_2d_seed0"]
 
     checkpoints = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")}
-    second = ablate(tmp_path, "ablation.schemes=[none,rope_2d]", *TINY)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "nothing to train" in second.stdout
+    assert len(checkpoints) == 4  # last.pt and best.pt of the two that finished
+    second = ablate(tmp_path, *args)
+    assert second.returncode == 1 and "1 of 3 runs of quick to train" in second.stdout
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")} == checkpoints
 
 
-def test_a_failing_run_is_reported_and_the_others_finish(tmp_path):
-    # 16 heads of width 2: rope_2d needs a head width divisible by 4, learned_1d does not
-    proc = ablate(tmp_path, "ablation.schemes=[rope_2d,learned_1d]", "ablation.name=failing", *TINY,
-                  "model.num_heads=16")
-    assert proc.returncode == 1
-    out = tmp_path / "outputs" / "ablations" / "failing"
-    rows = {r["scheme"]: r for r in csv.DictReader(open(out / "results.csv"))}
-    assert rows["learned_1d"]["status"] == "finished" and rows["rope_2d"]["status"] == "failed"
-    assert "head width" in rows["rope_2d"]["error"]
-    report = (out / "report.md").read_text()
-    assert "## Runs that did not finish" in report and "rope_2d_seed0" in report
+def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("a sweep was started"))
+    cfg = compose("ablate", ["ablation.schemes=[none,rope_2d]", "ablation.seeds=[0,1]"]).ablation
+    for point in grid_points(grid_of(cfg)):
+        (tmp_path / "runs" / folder_name(point)).mkdir(parents=True)
+        (tmp_path / "runs" / folder_name(point) / "summary.json").write_text("{}")
+    assert run_sweep(cfg, tmp_path, []) == 0
+    assert "all 4 runs of quick have finished; nothing to train" in capsys.readouterr().out
 
 
 def test_eval_script_matches_what_training_logged(tmp_path):
     run = tmp_path / "run"
-    train = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run}",
-                            "experiment=digits", "trainer.epochs=1", "model.embed_dim=32", "model.depth=1",
-                            "model.num_heads=2"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert train.returncode == 0, train.stderr[-3000:]
+    train(run, "experiment=digits", "trainer.epochs=1", "model.embed_dim=32", "model.depth=1", "model.num_heads=2")
     evaluated = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval.py"),
                                 f"checkpoint={run / 'checkpoints' / 'last.pt'}", "resolutions=[12,24]"],
                                cwd=tmp_path, capture_output=True, text=True, timeout=600)

@@ -1,45 +1,44 @@
-"""The benchmark runs on CPU and reports every variant against the same reference."""
+"""The benchmark: model FLOPs against the analytic count, every variant against the same
+reference, compiled variants that stay compiled, and the script's table and JSON."""
 
 import json
-import logging
-import subprocess
-import sys
-from pathlib import Path
+from functools import partial
 
+import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import POOLS, SCHEMES, tiny_vit
+from runs import script
+from vit.benchmark import Variant, forward_flops, results, run
+from vit.cli import options
 
 
-def test_benchmark_table_and_json(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "benchmark.py"), "model.depth=1", "model.embed_dim=48",
-         "model.num_heads=4", "benchmark.batch_size=8", "benchmark.steps=1", "benchmark.rounds=2",
-         "benchmark.warmup=1", f"benchmark.out_dir={tmp_path}"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+def vit_matmul_flops(*, img: int, patch: int, chans: int, dim: int, depth: int, mlp: int, classes: int, cls: bool) -> int:
+    """Matrix-product FLOPs (2 per multiply-add) of one image through a ViT."""
+    patches = (img // patch) ** 2
+    n = patches + cls
+    block = (
+        2 * n * dim * 3 * dim  # qkv
+        + 2 * n * n * dim  # scores q.k, all heads
+        + 2 * n * n * dim  # attention times values
+        + 2 * n * dim * dim  # output projection
+        + 2 * 2 * n * dim * mlp  # the MLP's two layers
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
-    rows = {r["variant"]: r for r in report["results"]}
-    expected = {"ours learned_1d conv", "timm learned_1d conv", "ours none conv", "ours sincos_2d conv",
-                "ours relative_bias conv", "ours rope_2d conv", "ours learned_1d linear", "ours learned_1d conv_stem"}
-    assert set(rows) == expected
-    assert rows["ours learned_1d conv"]["train_step_cost_vs_ours_learned_1d"] == 1.0
-    assert rows["timm learned_1d conv"]["params"] == rows["ours learned_1d conv"]["params"]  # the same model
-    # the same FLOPs for the same model; a conv stem does more work per image
-    assert rows["timm learned_1d conv"]["train_gflops_per_image"] == rows["ours learned_1d conv"]["train_gflops_per_image"]
-    assert rows["ours learned_1d conv_stem"]["train_gflops_per_image"] > rows["ours learned_1d conv"]["train_gflops_per_image"]
-    # model FLOPs: a positional scheme adds no matrix products, whichever attention kernel it gets
-    assert rows["ours relative_bias conv"]["train_gflops_per_image"] == rows["ours learned_1d conv"]["train_gflops_per_image"]
-    for row in rows.values():
-        assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
-    assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
-    assert "| timm learned_1d conv |" in proc.stdout
+    return 2 * patches * (chans * patch * patch) * dim + depth * block + 2 * dim * classes
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+@pytest.mark.parametrize("pool", POOLS)
+@pytest.mark.parametrize("patch_embed", ["conv", "linear"])
+def test_forward_flops_are_the_models_matrix_products(scheme, pool, patch_embed):
+    # a scheme adds no matrix products, whichever attention kernel it gets (a bias takes the
+    # math kernel, the others a fused one): every scheme costs the same model FLOPs
+    model = tiny_vit(patch_embed, pool, scheme).eval()  # 16 px, patch 4, width 32, 2 blocks, MLP 128, 7 classes
+    expected = vit_matmul_flops(img=16, patch=4, chans=3, dim=32, depth=2, mlp=128, classes=7, cls=pool == "cls")
+    assert forward_flops(model, torch.zeros(3, 3, 16, 16)) == 3 * expected  # a batch of 3
 
 
 def test_compiled_variants_are_costed_against_the_compiled_reference():
-    from vit.benchmark import Variant, results
-
     def variant(name, compiled, ips):
         v = Variant(name, build=None, compiled=compiled, train_gflops=1.0)
         v.train_ips, v.infer_ips = ips, ips
@@ -54,19 +53,49 @@ def test_compiled_variants_are_costed_against_the_compiled_reference():
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 0.8]
 
 
-def test_every_compiled_variant_stays_compiled(caplog):
-    # each compiled variant adds graphs for the same forward code; past dynamo's recompile
-    # limit the later ones would silently fall back to eager (lowered here to 2 to see it cheaply)
-    from functools import partial
+def test_every_compiled_variant_stays_compiled(monkeypatch):
+    # each compiled variant adds graphs (training, no-grad) for the same forward code; past
+    # dynamo's recompile limit the later ones would silently run eager. A backend that only
+    # counts the graphs it is handed shows it without compiling anything.
+    graphs = []
 
-    from conftest import tiny_vit
-    from vit.benchmark import Variant, run
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
 
+    monkeypatch.setattr(torch, "compile", partial(torch.compile, backend=counting_backend))
     config = torch._dynamo.config
     limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
     torch._dynamo.reset()
-    variants = [Variant(s, partial(tiny_vit, "conv", "cls", s), scheme=s, compiled=True)
-                for s in ("learned_1d", "rope_2d")]
-    with caplog.at_level(logging.WARNING), config.patch(**{limit: 2}):  # patch() restores it afterwards
+    schemes = ["learned_1d", "rope_2d"]
+    variants = [Variant(s, partial(tiny_vit, "conv", "cls", s), scheme=s, compiled=True) for s in schemes]
+    with config.patch(**{limit: 2}):  # patch() restores it afterwards
         run(variants, 2, 16, 3, 7, torch.device("cpu"), None, warmup=1, steps=1, rounds=1)
-    assert not [r for r in caplog.records if "recompile_limit" in r.getMessage() or "cache_size_limit" in r.getMessage()]
+    torch._dynamo.reset()
+    # every variant traced its training and its no-grad forward (and nothing fell back to eager)
+    assert len(graphs) >= 2 * len(schemes)
+
+
+def test_benchmark_script_table_and_json(tmp_path):
+    proc = script("benchmark.py", "model.depth=1", "model.embed_dim=48", "model.num_heads=4", "benchmark.batch_size=8",
+                  "benchmark.steps=1", "benchmark.rounds=2", "benchmark.warmup=1", f"benchmark.out_dir={tmp_path}",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    rows = {r["variant"]: r for r in report["results"]}
+    expected = {"ours learned_1d conv", "timm learned_1d conv"}
+    expected |= {f"ours {s} conv" for s in options("model/pos_embed")}
+    expected |= {f"ours learned_1d {p}" for p in options("model/patch_embed")}
+    assert set(rows) == expected
+    reference = rows["ours learned_1d conv"]
+    assert reference["train_step_cost_vs_ours_learned_1d"] == 1.0
+    assert rows["timm learned_1d conv"]["params"] == reference["params"]  # the same model
+    # 32 px CIFAR images, patch 4, width 48, 1 block, MLP ratio 2, 10 classes; x3 for a training step
+    flops = 3 * vit_matmul_flops(img=32, patch=4, chans=3, dim=48, depth=1, mlp=96, classes=10, cls=True)
+    for name in expected - {"ours learned_1d conv_stem"}:  # the same for timm's model and every scheme
+        assert rows[name]["train_gflops_per_image"] == pytest.approx(flops / 1e9, rel=1e-12), name
+    assert rows["ours learned_1d conv_stem"]["train_gflops_per_image"] > reference["train_gflops_per_image"]
+    for row in rows.values():
+        assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
+    assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
+    assert "| timm learned_1d conv |" in proc.stdout

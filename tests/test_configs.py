@@ -11,17 +11,13 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from vit import VisionTransformer
-from vit.cli import ConfigError, build_model
+from vit.cli import ConfigError, build_model, check_config, options
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 GROUPS = ["data", "model", "model/patch_embed", "model/pos_embed"]
 SMALL = ["model.depth=1"]  # building is what is tested; keep it quick
 OPEN_SIZE = ["model.embed_dim=64", "model.num_heads=4", "model.depth=1"]  # for the size-less `vit`
-
-
-def options(group):
-    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
 
 
 def compose_train(overrides):
@@ -99,6 +95,27 @@ def test_bad_values_are_one_line_errors(overrides, message):
     assert len(str(error.value).splitlines()) == 1 and message in str(error.value)
 
 
+@pytest.mark.parametrize("overrides", [
+    ["model.embed_dim=100"], ["model.img_size=30"], ["model.embed_dim=wide"], ["model=vit"], ["model.depth=0"],
+    ["model.pool=max"],
+])
+def test_the_check_before_torch_says_what_building_would(overrides):
+    # scripts check the config before importing torch; the message is the model's own
+    cfg = compose_train(overrides)
+    with pytest.raises(ConfigError) as built:
+        build_model(cfg)
+    with pytest.raises(ConfigError) as checked:
+        check_config(cfg)
+    assert str(checked.value) == str(built.value)
+
+
+def test_the_check_before_torch_passes_every_preset():
+    for experiment in options("experiment"):
+        check_config(compose_train([f"experiment={experiment}"]))
+    for model in [m for m in options("model") if m != "vit"]:
+        check_config(compose_train([f"model={model}"]))
+
+
 def describe(*overrides, cwd):
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "describe.py"), *overrides],
@@ -128,7 +145,7 @@ def test_unknown_scheme_lists_the_options(tmp_path):
 
 
 def test_describe_sweeps_every_scheme(tmp_path):
-    run = describe("-m", "model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d", cwd=tmp_path)
+    run = describe("-m", f"model/pos_embed={','.join(options('model/pos_embed'))}", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    for scheme in ["none", "learned_1d", "sincos_2d", "relative_bias", "rope_2d"]:
+    for scheme in options("model/pos_embed"):
         assert f"pos_embed={scheme}," in run.stdout

@@ -91,20 +91,32 @@ def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independ
     assert not torch.equal(other, out)  # another step, other draws
 
 
-def test_trivial_augment_magnitudes_are_torchvisions():
-    from torchvision.transforms import v2
+# TrivialAugment's "wide" space (Müller & Hutter 2021, as torchvision's TrivialAugmentWide):
+# each operation's magnitude from its first to its last bin, and whether its sign is drawn
+WIDE = {
+    "identity": None, "autocontrast": None, "equalize": None,
+    "shear_x": (0.0, 0.99, True), "shear_y": (0.0, 0.99, True),
+    "translate_x": (0.0, 32.0, True), "translate_y": (0.0, 32.0, True), "rotate": (0.0, 135.0, True),
+    "brightness": (0.0, 0.99, True), "color": (0.0, 0.99, True), "contrast": (0.0, 0.99, True),
+    "sharpness": (0.0, 0.99, True),
+    "posterize": (8.0, 2.0, False),  # bits kept, rounded to whole bits
+    "solarize": (255.0, 0.0, False),  # threshold on uint8
+}
 
-    space = getattr(v2.TrivialAugmentWide, "_AUGMENTATION_SPACE", None)
-    if space is None:
-        pytest.skip("this torchvision keeps its TrivialAugmentWide table elsewhere")
-    assert len(space) == len(OPERATIONS)
-    for (tv_name, (magnitudes, signed)), (name, (ours, our_signed, _)) in zip(space.items(), OPERATIONS.items()):
-        assert tv_name.lower() == name.replace("_", "") and signed == our_signed
-        reference = magnitudes(BINS, 32, 32)
-        if reference is not None:
-            if name == "solarize":  # torchvision: a fraction of the dtype's largest value
-                reference = reference * 255
-            torch.testing.assert_close(torch.tensor([float(ours(b)) for b in range(BINS)]), reference.float())
+
+def test_trivial_augment_magnitudes_are_the_wide_space():
+    assert BINS == 31 and set(OPERATIONS) == set(WIDE)
+    for name, (magnitude, signed, _) in OPERATIONS.items():
+        ours = torch.tensor([float(magnitude(b)) for b in range(BINS)], dtype=torch.float64)
+        if WIDE[name] is None:
+            assert not signed and not ours.any(), name
+            continue
+        low, high, wide_signed = WIDE[name]
+        expected = torch.linspace(low, high, BINS, dtype=torch.float64)
+        if name == "posterize":
+            expected = expected.round()
+        assert signed == wide_signed, name
+        torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9, msg=name)
 
 
 def test_class_folder_batches_do_not_depend_on_workers_and_restart_exactly(tmp_path):

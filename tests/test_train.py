@@ -1,4 +1,9 @@
-"""End to end: `scripts/train.py` on real formats, what it leaves behind, and never losing work."""
+"""End to end: training on real formats, what a run leaves behind, and never losing work.
+
+Runs train in this process (`runs.train`, composed as scripts/train.py composes); only what
+is about the command line starts `scripts/train.py`: exit codes and one-line errors, a real
+SIGTERM, torchrun.
+"""
 
 import json
 import os
@@ -7,46 +12,24 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_files import make_cifar10_archive, make_class_folders
-from vit.checkpoint import load_checkpoint
+from runs import TINY, metrics, one_error_line, script, train, train_command
+from vit.checkpoint import CheckpointError, load_checkpoint
+from vit.cli import ConfigError
+from vit.data import DataError
+from vit.trainer import TrainingError
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.drop_path_rate=0", "trainer.log_every=5"]
-
-
-def command(run_dir, *overrides):
-    return [sys.executable, str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={run_dir}", *overrides]
-
-
-def train(run_dir, *overrides, ok=True, env=None, cwd=None):
-    proc = subprocess.run(command(run_dir, *overrides), cwd=cwd or run_dir.parent, capture_output=True,
-                          text=True, timeout=600, env=env)
-    if ok:
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    return proc
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def one_error_line(proc, code=1):
-    assert proc.returncode == code, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
+PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", "trainer.epochs=1", *TINY]
 
 
 def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     run = tmp_path / "run"
-    train(run, "experiment=digits", "trainer.epochs=2", *TINY)
+    summary = train(run, "experiment=digits", "trainer.epochs=2", *TINY)
 
     records = metrics(run)
     assert [r["epoch"] for r in records] == [1, 2]
@@ -55,7 +38,7 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     assert records[1]["train_loss"] < records[0]["train_loss"]
     assert records[1]["step"] == 2 * (1438 // 64)  # digits: 1,438 training images, batch 64
 
-    summary = json.loads((run / "summary.json").read_text())
+    assert summary == json.loads((run / "summary.json").read_text())
     assert summary["best_val_acc1"] == max(r["val_acc1"] for r in records)
     assert summary["final_val_acc1"] == records[-1]["val_acc1"]
     assert summary["epochs"] == 2 and summary["train_images_per_sec"] > 0 and summary["wall_time_s"] > 0
@@ -80,25 +63,39 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     assert not list(run.glob("checkpoints/*.tmp"))
 
     # a fresh run may not overwrite it
-    again = train(run, "experiment=digits", "trainer.epochs=2", *TINY, ok=False)
-    assert "already holds a run" in one_error_line(again)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(run, "experiment=digits", "trainer.epochs=2", *TINY)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last["step"]
 
 
 def test_probe_run(tmp_path):
-    run = tmp_path / "run"
-    train(run, "experiment=probe", "trainer.epochs=1", "data.num_train=512", "data.num_val=256", *TINY)
-    summary = json.loads((run / "summary.json").read_text())
+    summary = train(tmp_path / "run", *PROBE)
     assert summary["data"] == "probe" and 0 <= summary["final_val_acc1"] <= 100
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
+
+
+def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path):
+    # a sweep runs its jobs in one process: a Ctrl-C after a run must not land on that run's handler
+    def mine(signum, frame):
+        pass
+
+    before = {sig: signal.signal(sig, mine) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        train(tmp_path / "run", *PROBE, "data.num_train=64", "data.batch_size=32")
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+        with pytest.raises(TrainingError, match="make no batch"):  # and after a run that failed
+            train(tmp_path / "failed", *PROBE, "data.num_train=64", "data.batch_size=128")
+        assert signal.getsignal(signal.SIGINT) is mine and signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
 
 
 @pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
 def test_compiled_run_saves_the_plain_model(tmp_path):
     # torch.compile wraps the model; checkpoints and evaluation must still see the plain one
     run = tmp_path / "run"
-    train(run, "experiment=probe", "trainer.epochs=1", "trainer.compile=true", "data.num_train=256",
-          "data.num_val=128", *TINY)
+    train(run, *PROBE, "trainer.compile=true")
     weights = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert "head.weight" in weights and not any("_orig_mod" in k for k in weights)
     assert 0 <= metrics(run)[0]["val_acc1"] <= 100
@@ -114,8 +111,8 @@ def test_class_folder_tree(tmp_path):
     subset = tmp_path / "subset"
     train(subset, *common, "data.num_classes=2", "data.classes=[dog,fox]")
     assert load_checkpoint(subset / "checkpoints" / "last.pt")["model"]["head.weight"].shape[0] == 2
-    mismatch = train(tmp_path / "mismatch", *common, "data.num_classes=5", ok=False)
-    assert "3 classes under" in one_error_line(mismatch)
+    with pytest.raises(DataError, match="3 classes under"):
+        train(tmp_path / "mismatch", *common, "data.num_classes=5")
 
 
 @pytest.mark.parametrize("policy", ["none", "trivialaugment"])
@@ -133,13 +130,15 @@ def test_cifar_archive_through_torchvisions_parser(tmp_path, policy):
 
 def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     # dropout, stochastic depth, mixup and EMA all draw randomness or carry state
-    args = ["experiment=digits", "trainer.epochs=4", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
+    args = ["experiment=digits", "trainer.epochs=3", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
             "model.dropout=0.1", "model.drop_path_rate=0.1", "data.mixup=0.2", "trainer.ema=true", "trainer.log_every=3"]
     full = tmp_path / "full"
     train(full, *args)
 
+    # a real SIGTERM to a real process: it saves, and exits 143 so that a scheduler requeues it
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(command(cut, *args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(train_command(cut, *args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
     deadline = time.time() + 300
     while not ((cut / "metrics.jsonl").exists() and (cut / "metrics.jsonl").read_text().strip()):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
@@ -148,7 +147,7 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     stopped = load_checkpoint(cut / "checkpoints" / "last.pt")
-    assert 1 <= stopped["epoch"] < 4
+    assert 1 <= stopped["epoch"] < 3
 
     train(cut, *args, "resume=auto")
     a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(cut / "checkpoints" / "last.pt")
@@ -156,22 +155,27 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     for part in ("model", "ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs"
-    assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3, 4]  # each epoch logged once
+    assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3]  # each epoch logged once
     assert [r["val_acc1"] for r in metrics(cut)] == [r["val_acc1"] for r in metrics(full)]
     events = EventAccumulator(str(cut))
     events.Reload()
-    assert len(events.Scalars("val/acc1")) == 4
+    assert len(events.Scalars("val/acc1")) == 3
+
+    # a finished run, resumed again, trains nothing and keeps its summary
+    summary = (cut / "summary.json").read_text()
+    assert train(cut, *args, "resume=auto") == json.loads(summary)
+    assert (cut / "summary.json").read_text() == summary
 
 
 def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
     run = tmp_path / "run"
-    train(run, "experiment=probe", "trainer.epochs=1", "data.num_train=256", "data.num_val=128", *TINY)
+    train(run, *PROBE)
     good = run / "checkpoints" / "last.pt"
 
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    proc = train(tmp_path / "a", "experiment=probe", f"resume={truncated}", *TINY, ok=False)
-    assert "is not a checkpoint this trainer can read" in one_error_line(proc)
+    with pytest.raises(CheckpointError, match="is not a checkpoint this trainer can read"):
+        train(tmp_path / "a", *PROBE, f"resume={truncated}")
 
     marker = tmp_path / "code-ran"
 
@@ -181,51 +185,98 @@ def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
 
     hostile = tmp_path / "hostile.pt"
     torch.save({"model": Payload()}, hostile)
-    proc = train(tmp_path / "b", "experiment=probe", f"resume={hostile}", *TINY, ok=False)
-    assert "is not a checkpoint this trainer can read" in one_error_line(proc)
+    with pytest.raises(CheckpointError, match="is not a checkpoint this trainer can read"):
+        train(tmp_path / "b", *PROBE, f"resume={hostile}")
     assert not marker.exists()
 
-    proc = train(tmp_path / "c", "experiment=probe", f"resume={tmp_path / 'nowhere.pt'}", *TINY, ok=False)
-    assert "no checkpoint at" in one_error_line(proc)
-
-    other = train(tmp_path / "d", "experiment=probe", f"resume={good}", "model.embed_dim=64", "model.depth=1",
-                  "model.num_heads=2", ok=False)
-    assert "model.embed_dim=32, this run has 64" in one_error_line(other)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        train(tmp_path / "c", *PROBE, f"resume={tmp_path / 'nowhere.pt'}")
+    with pytest.raises(CheckpointError, match="model.embed_dim=32, this run has 64"):
+        train(tmp_path / "d", *PROBE, f"resume={good}", "model.embed_dim=64")
 
 
 def test_diverging_loss_stops_naming_the_step(tmp_path):
     run = tmp_path / "run"
-    proc = train(run, "experiment=probe", "data.num_train=512", "optim.lr=1e30", "optim.warmup_epochs=0",
-                 "optim.clip_grad=null", "trainer.log_every=1", *TINY[:-1], ok=False)
-    line = one_error_line(proc)
-    assert "at step" in line and ("nan" in line or "inf" in line)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf|-inf) at step \d+") as error:
+        train(run, *PROBE, "data.num_train=512", "optim.lr=1e30", "optim.warmup_epochs=0", "optim.clip_grad=null",
+              "trainer.log_every=1")
+    assert len(str(error.value).splitlines()) == 1
     assert not (run / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "overrides,error,message",
+    [
+        (["data=imagefolder", "data.root={tmp}/nothing"], DataError, "no folder"),
+        (["experiment=probe", "data.batch_size=7", "data.mixup=0.5"], ConfigError, "even batch size"),
+        (["data=cifar10", "data.policy=autoaugment"], ConfigError, "policy must be one of none, trivialaugment"),
+        (["experiment=probe", "model.embed_dim=30"], ConfigError, "embed_dim 30 is not divisible"),
+        (["experiment=probe", "trainer.precision=fp8"], ConfigError, "trainer.precision must be"),
+    ],
+)
+def test_bad_input_raises_one_line(tmp_path, overrides, error, message):
+    with pytest.raises(error, match=message) as raised:
+        train(tmp_path / "run", *[o.format(tmp=tmp_path) for o in overrides])
+    assert len(str(raised.value).splitlines()) == 1
 
 
 @pytest.mark.parametrize(
     "overrides,message,code",
     [
-        (["data=cifar10", "data.root={tmp}/empty", "data.download=false"],
-         "cifar10 not found: put cifar-10-python.tar.gz", 1),
-        (["data=imagefolder", "data.root={tmp}/nothing"], "no folder", 1),
-        (["experiment=probe", "trainer.precision=fp8"], "trainer.precision must be", 1),
-        (["experiment=probe", "data.batch_size=7", "data.mixup=0.5"], "even batch size", 2),
-        (["experiment=probe", "model.embed_dim=30"], "embed_dim 30 is not divisible", 2),
-        (["data=cifar10", "data.policy=autoaugment"], "policy must be one of none, trivialaugment", 2),
+        (["data=cifar10", "data.root={tmp}/empty", "data.download=false"], "cifar10 not found: put cifar-10-python.tar.gz", 1),
+        (["data=cifar10", "data.policy=autoaugment"], "data: policy must be one of none, trivialaugment", 2),
+        (["experiment=probe", "model.embed_dim=30"], "model: embed_dim 30 is not divisible by num_heads 4", 2),
+        (["model.img_size=30"], "model: image size 30x30 is not a multiple of the patch size 4", 2),
+        (["trainer.precision=fp8"], "trainer.precision must be auto, bf16, fp16 or fp32, got 'fp8'", 2),
     ],
 )
-def test_bad_input_is_one_line(tmp_path, overrides, message, code):
-    proc = train(tmp_path / "run", *[o.format(tmp=tmp_path) for o in overrides], ok=False)
+def test_bad_input_on_the_command_line_is_one_line(tmp_path, overrides, message, code):
+    proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *[o.format(tmp=tmp_path) for o in overrides],
+                  cwd=tmp_path)
     assert message in one_error_line(proc, code)
 
 
-def test_unknown_key_and_unwritable_run_dir_fail_cleanly(tmp_path):
-    proc = train(tmp_path / "run", "trainer.epoch=3", ok=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "trainer.epoch" in proc.stderr
+def test_a_checkpoint_error_on_the_command_line_is_one_line(tmp_path):
+    proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *PROBE, f"resume={tmp_path / 'nowhere.pt'}",
+                  cwd=tmp_path)
+    assert one_error_line(proc, 1) == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
+    assert "no checkpoint at" in (tmp_path / "run" / "error.txt").read_text()  # for the ablation's report
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.epoch=3"], "Could not override 'trainer.epoch'"),
+    (["model/pos_embed=foo"], "Could not find 'model/pos_embed/foo'"),
+])
+def test_unknown_key_or_option_is_hydras_message(tmp_path, overrides, message):
+    proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_run_dir_fails_cleanly(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    proc = train(blocker / "run", "experiment=probe", ok=False, cwd=tmp_path)
+    proc = script("train.py", f"hydra.run.dir={blocker / 'run'}", "experiment=probe", cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr and str(blocker) in proc.stderr
+
+
+BAD_VALUE = ["model.embed_dim=30", "model.num_heads=4", "model.depth=1"]
+
+
+@pytest.mark.parametrize("name,args,message,code", [
+    ("train.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+    ("train.py", ["--help"], "Powered by Hydra", 0),
+    ("ablate.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+    ("benchmark.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+    ("describe.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+    ("eval.py", ["checkpoint=x.pt", "resolution=[24]"], "Could not override 'resolution'", 1),
+])
+def test_every_script_answers_before_importing_torch(tmp_path, name, args, message, code):
+    # the command line answers at once: torch and timm take seconds to import
+    proc = script(name, *args, cwd=tmp_path, prefix=("-X", "importtime"))
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported and not {"torch", "timm", "torchvision"} & imported
+    assert proc.returncode == code and message in proc.stdout + proc.stderr
 
 
 def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
@@ -233,9 +284,14 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
             *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    train(one, *args, env=env)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process has
+    try:
+        train(one, *args)
+    finally:
+        torch.set_num_threads(threads)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(torchrun + command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True,
+    proc = subprocess.run(torchrun + train_command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True,
                           timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
 

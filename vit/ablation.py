@@ -18,8 +18,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from vit.evaluation import evaluate_checkpoint
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -109,6 +107,8 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str]) -> int:
 def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
     """Every grid point with its status, summary, per-epoch history and evaluation
     (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated)."""
+    from vit.evaluation import evaluate_checkpoint  # torch, only once there is something to evaluate
+
     runs = []
     for point in grid_points(grid_of(cfg)):
         run = Run(point, out / "runs" / folder_name(point))

@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak
@@ -104,13 +105,14 @@ class Bench:
 
 @torch.no_grad()
 def forward_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one eager forward pass (2 per multiply-add).
+    """Matrix-product FLOPs of one eager forward pass (2 per multiply-add).
 
-    A training step counts as 3 forward passes (the backward pass does twice the forward's
-    work): model FLOPs as in PaLM's MFU, with no recomputation counted. Counting the actual
-    step instead would charge schemes that keep the flash kernel for its recomputation of
-    the attention scores, and the others not."""
-    with FlopCounterMode(display=False) as counter:
+    Attention is counted on the math kernel, whose matrix products every torch release
+    counts alike: whether the counter knows a fused kernel (CPU flash attention was missed
+    in torch 2.14) would otherwise decide a scheme's FLOPs. A training step counts as 3
+    forward passes (the backward pass does twice the forward's work): model FLOPs as in
+    PaLM's MFU, with no recomputation counted."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         model(x)
     return counter.get_total_flops()
 

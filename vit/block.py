@@ -1,6 +1,5 @@
 """A pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
 
-from timm.layers import DropPath
 from torch import Tensor, nn
 
 from vit.attention import Attention
@@ -32,7 +31,11 @@ class Block(nn.Module):
         self.attn = Attention(dim, num_heads, qkv_bias, dropout)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dropout)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = nn.Identity()
+        if drop_path > 0:
+            from timm.layers import DropPath  # timm takes seconds to import: only when a block drops paths
+
+            self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, pos_hook: AttentionHook | None = None) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), pos_hook))

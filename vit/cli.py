@@ -1,19 +1,29 @@
-"""What the scripts share: config resolvers, building from the config, and bad input
-reported as one line with exit code 2 (never a traceback wall)."""
+"""What the scripts share: config resolvers, composing and checking a config, building from
+it, and bad input reported as one line with exit code 2 (never a traceback wall).
+
+Nothing here imports torch: a script checks its config with `check_config` first, so a bad
+override or value is answered at once, and imports the heavy libraries only afterwards.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import TYPE_CHECKING, Callable, NoReturn
 
 import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from torch import nn
 
 from vit.distributed import launch_time
+from vit.sizes import check_vit_sizes
+
+if TYPE_CHECKING:
+    from torch import nn
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 # sweep job folders are named after their overrides, in characters that need no quoting
@@ -21,6 +31,11 @@ OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 OmegaConf.register_new_resolver(
     "path_safe", lambda s: s.replace("/", ".").replace("=", "-").replace(",", "__"), replace=True
 )
+
+
+def options(group: str) -> list[str]:
+    """The options of a config group, e.g. options("model/pos_embed"): the one list of schemes."""
+    return sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -52,6 +67,39 @@ def instantiate_group(cfg: DictConfig, group: str):
 
 def build_model(cfg: DictConfig) -> nn.Module:
     return instantiate_group(cfg, "model")
+
+
+def check_precision(name: str) -> None:
+    if name not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {name!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """What is wrong with a training config whatever the machine, found without torch:
+    model sizes that cannot fit together, a missing value, an unknown precision.
+    Raises ConfigError (one line). What needs the libraries (a scheme's own constraint,
+    the data) is checked when it is built."""
+    try:
+        m = cfg.model
+        check_vit_sizes(img_size=m.img_size, patch_size=m.patch_size, in_chans=m.in_chans,
+                        num_classes=m.num_classes, embed_dim=m.embed_dim, depth=m.depth,
+                        num_heads=m.num_heads, pool=m.pool)
+    except ValueError as e:
+        raise ConfigError(f"model: {e}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    if "trainer" in cfg:
+        check_precision(cfg.trainer.precision)
+
+
+def compose(config_name: str, overrides: list[str] | tuple[str, ...] = (), hydra_node: bool = False) -> DictConfig:
+    """A config of configs/ composed in-process, as the scripts would see it; with
+    `hydra_node`, Hydra's own node too (`cfg.hydra.runtime.choices`, `cfg.hydra.overrides`)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        return hydra_compose(config_name, overrides=list(overrides), return_hydra_config=hydra_node)
 
 
 def exit_on(errors: dict[type[BaseException], int], task: Callable[[], object]):

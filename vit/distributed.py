@@ -13,9 +13,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import torch
-import torch.distributed as dist
-
 LAUNCH_TIME = "VIT_LAUNCH_TIME"
 
 
@@ -31,6 +28,8 @@ class Processes:
 
 
 def current() -> Processes:
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         return Processes(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
     return Processes()
@@ -41,6 +40,9 @@ def launch() -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         os.environ.setdefault(LAUNCH_TIME, repr(time.time()))
         return
+    import torch  # only under torchrun: a single process answers a bad override without it
+    import torch.distributed as dist
+
     if torch.cuda.is_available() and "trainer.device=cpu" not in sys.argv:  # NCCL for CUDA tensors, Gloo for CPU ones
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local_rank >= gpus:
@@ -62,12 +64,18 @@ def launch_time(fmt: str) -> str:
     return time.strftime(fmt, time.localtime(float(os.environ.get(LAUNCH_TIME, time.time()))))
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+def all_reduce_sum(tensor):
+    import torch.distributed as dist
+
     if current().world > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 
 
 def shutdown() -> None:
+    if "torch" not in sys.modules:
+        return
+    import torch.distributed as dist
+
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -21,12 +21,7 @@ from vit.block import Block
 from vit.patch_embed.conv import ConvPatchEmbed
 from vit.pos_embed.base import PositionalScheme
 from vit.pos_embed.learned_1d import Learned1d
-
-POOLS = ("cls", "gap")
-
-
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+from vit.sizes import check_vit_sizes, grid_for, pair
 
 
 class VisionTransformer(nn.Module):
@@ -49,17 +44,9 @@ class VisionTransformer(nn.Module):
         pos_embed: Callable[..., PositionalScheme] = Learned1d,
     ):
         super().__init__()
-        for name, value in dict(
-            patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-            embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-        ).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if pool not in POOLS:
-            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {pool!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.img_size = _pair(img_size)
+        check_vit_sizes(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                        embed_dim=embed_dim, depth=depth, num_heads=num_heads, pool=pool)
+        self.img_size = pair(img_size)
         self.patch_size = patch_size
         self.pool = pool
         grid = self.grid_for(*self.img_size)
@@ -82,10 +69,7 @@ class VisionTransformer(nn.Module):
         self.apply(_init_linear)
 
     def grid_for(self, height: int, width: int) -> tuple[int, int]:
-        p = self.patch_size
-        if height % p or width % p:
-            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
-        return height // p, width // p
+        return grid_for((height, width), self.patch_size)
 
     def forward_features(self, images: Tensor) -> Tensor:
         """(B, C, H, W) images of any size that is a multiple of the patch size -> (B, N, D) tokens."""

@@ -18,30 +18,26 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from timm.data import Mixup
-from timm.loss import SoftTargetCrossEntropy
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vit import distributed
 from vit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
-from vit.cli import build_model, instantiate_group
+from vit.cli import build_model, check_precision, instantiate_group
 from vit.data.augment import normalize
 from vit.optim import build_optimizer, warmup_cosine
 from vit.run_log import RunLog
-from vit.viz import similarity_figure
 
 log = logging.getLogger("vit")
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 class TrainingError(Exception):
@@ -49,16 +45,23 @@ class TrainingError(Exception):
 
 
 class StopRequest:
-    """SIGTERM / SIGINT ask the loop to save and stop at the next step; a second Ctrl-C kills."""
+    """SIGTERM / SIGINT ask the loop to save and stop at the next step; a second Ctrl-C kills.
+    `restore()` puts back the handlers it replaced, so the next run of a sweep (or the
+    process that called `train`) gets its own."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signum = 0
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
 
     def handle(self, signum, frame):
         self.signum = signum
         signal.signal(signum, signal.SIG_DFL)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
 
 class WaitClock:
@@ -109,11 +112,10 @@ def choose_device(name: str) -> torch.device:
 
 
 def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
+    check_precision(name)
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
-    if name not in PRECISIONS:
-        raise TrainingError(f"trainer.precision must be auto, bf16, fp16 or fp32, got {name!r}")
-    return PRECISIONS[name]
+    return DTYPES[name]
 
 
 def check_finite(losses: torch.Tensor, step: int, epoch: int, ckpt_dir: Path) -> None:
@@ -144,9 +146,21 @@ def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
     return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
 
 
-def train(cfg: DictConfig) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None,
+          overrides: Sequence[str] = ()) -> dict:
+    """Train as `cfg` (the composed train config) says, in `run_dir`. `choices` (Hydra's
+    group choices, e.g. {"model/pos_embed": "rope_2d"}) and `overrides` (the command line's)
+    are recorded in summary.json. Returns the summary, or {"stopped": signal} if a signal
+    stopped the run (last.pt saved)."""
+    stop = StopRequest()
+    try:
+        return _train(cfg, Path(run_dir), dict(choices or {}), list(overrides), stop)
+    finally:
+        stop.restore()
+
+
+def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop: StopRequest) -> dict:
     t_start = time.time()
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
     procs = distributed.current()
     tc, oc = cfg.trainer, cfg.optim
 
@@ -188,12 +202,19 @@ def train(cfg: DictConfig) -> dict:
     optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=device.type == "cuda")
     scheduler = warmup_cosine(optimizer, round(oc.warmup_epochs * steps_per_epoch), total_steps, oc.min_lr / oc.lr)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=tc.ema_decay) if tc.ema else None
-    mixup = None
+    ema = None
+    if tc.ema:
+        from timm.utils import ModelEmaV3  # timm only when used: it costs seconds to import
+
+        ema = ModelEmaV3(model, decay=tc.ema_decay)
+    mixup, criterion = None, torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
     if data.mixup or data.cutmix:
+        from timm.data import Mixup
+        from timm.loss import SoftTargetCrossEntropy
+
         mixup = Mixup(mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, label_smoothing=tc.label_smoothing,
                       num_classes=data.num_classes)
-    criterion = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
+        criterion = SoftTargetCrossEntropy()
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
@@ -237,7 +258,6 @@ def train(cfg: DictConfig) -> dict:
     params = sum(p.numel() for p in model.parameters())
     log.info(f"{params:,} parameters, {steps_per_epoch} steps per epoch on {procs.world} x {device}, "
              f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, run dir {run_dir}")
-    stop = StopRequest()
     show_bar = procs.is_main and sys.stderr.isatty()
     grid = model.grid_for(*model.img_size)
 
@@ -353,6 +373,8 @@ def train(cfg: DictConfig) -> dict:
         }, step)
         table = model.pos_embed.position_table(grid)
         if table is not None and procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
+            from vit.viz import similarity_figure  # matplotlib, only for the schemes that have a table
+
             runlog.figure("pos_embed/similarity", similarity_figure(table, grid), step)
         log.info(f"epoch {epoch}/{tc.epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
                  f"acc1 {val['acc1']:.2f}  acc5 {val['acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
@@ -374,8 +396,8 @@ def train(cfg: DictConfig) -> dict:
         "wall_time_s": elapsed + time.time() - t_start,
         "epochs": tc.epochs,
         "data": data.name,
-        "pos_embed": HydraConfig.get().runtime.choices.get("model/pos_embed"),
-        "overrides": list(HydraConfig.get().overrides.task),
+        "pos_embed": choices.get("model/pos_embed"),
+        "overrides": overrides,
         "device": str(device), "world_size": procs.world,
     }
     if ema is not None:
