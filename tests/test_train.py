@@ -243,13 +243,14 @@ def test_a_checkpoint_error_on_the_command_line_is_one_line(tmp_path):
     assert "no checkpoint at" in (tmp_path / "run" / "error.txt").read_text()  # for the ablation's report
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["trainer.epoch=3"], "Could not override 'trainer.epoch'"),
-    (["model/pos_embed=foo"], "Could not find 'model/pos_embed/foo'"),
+@pytest.mark.parametrize("overrides,named", [
+    (["trainer.epoch=3"], ["trainer.epoch"]),
+    (["model/pos_embed=foo"], ["foo", "rope_2d", "sincos_2d"]),  # the bad option, and the ones there are
 ])
-def test_unknown_key_or_option_is_hydras_message(tmp_path, overrides, message):
+def test_unknown_key_or_option_is_hydras_message(tmp_path, overrides, named):
     proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides, cwd=tmp_path)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr and message in proc.stderr
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert all(word in proc.stderr for word in named), proc.stderr
     assert not (tmp_path / "run").exists()
 
 
@@ -265,11 +266,11 @@ BAD_VALUE = ["model.embed_dim=30", "model.num_heads=4", "model.depth=1"]
 
 @pytest.mark.parametrize("name,args,message,code", [
     ("train.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("train.py", ["--help"], "Powered by Hydra", 0),
+    ("train.py", ["--help"], "model/pos_embed", 0),  # the help lists the config groups
     ("ablate.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
     ("benchmark.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
     ("describe.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("eval.py", ["checkpoint=x.pt", "resolution=[24]"], "Could not override 'resolution'", 1),
+    ("eval.py", ["checkpoint=x.pt", "resolution=[24]"], "resolution", 1),  # an unknown key, named
 ])
 def test_every_script_answers_before_importing_torch(tmp_path, name, args, message, code):
     # the command line answers at once: torch and timm take seconds to import
