@@ -74,6 +74,16 @@ def test_probe_run(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
 
 
+def test_training_from_python_without_hydras_run_state(tmp_path):
+    # the README's "From Python": a composed config and a folder, nothing else
+    from vit.cli import compose
+    from vit.trainer import train as train_run
+
+    summary = train_run(compose("train", [*PROBE, "model/pos_embed=rope_2d"]), str(tmp_path / "run"))
+    assert summary["pos_embed"] == "rope_2d" and summary["overrides"] == []
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
 def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path):
     # a sweep runs its jobs in one process: a Ctrl-C after a run must not land on that run's handler
     def mine(signum, frame):

@@ -396,7 +396,8 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         "wall_time_s": elapsed + time.time() - t_start,
         "epochs": tc.epochs,
         "data": data.name,
-        "pos_embed": choices.get("model/pos_embed"),
+        # without Hydra's choices (called from Python), the scheme's module: rope_2d.py for rope_2d
+        "pos_embed": choices.get("model/pos_embed") or cfg.model.pos_embed._target_.split(".")[-2],
         "overrides": overrides,
         "device": str(device), "world_size": procs.world,
     }
