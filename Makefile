@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train describe test lock
+.PHONY: install train describe test lint format lock
 
 install: $(BIN)/.installed
 
@@ -23,6 +23,15 @@ describe: install
 
 test: install
 	$(BIN)/python -m pytest -q -n auto
+
+# ruff: lint and format check, as CI runs it; `make format` rewrites the files
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # re-resolve every dependency to the newest releases pyproject.toml allows, then rebuild
 # .venv from the new lock and run the tests on it; commit requirements.lock if they pass

@@ -43,10 +43,16 @@ def variants(cfg: DictConfig, compiled_options: list[bool]) -> list:
         out.append(Variant(f"ours learned_1d conv{tag}", ours(cfg, "learned_1d", "conv"), compiled=compiled))
         out.append(Variant(f"timm learned_1d conv{tag}", partial(timm_equivalent, cfg), compiled=compiled))
         if cfg.benchmark.compare:
-            out += [Variant(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv", compiled)
-                    for s in options("model/pos_embed") if s != "learned_1d"]
-            out += [Variant(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p, compiled)
-                    for p in options("model/patch_embed") if p != "conv"]
+            out += [
+                Variant(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv", compiled)
+                for s in options("model/pos_embed")
+                if s != "learned_1d"
+            ]
+            out += [
+                Variant(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p, compiled)
+                for p in options("model/patch_embed")
+                if p != "conv"
+            ]
         elif (scheme, patch) != ("learned_1d", "conv"):
             out.append(Variant(f"ours {scheme} {patch}{tag}", ours(cfg, scheme, patch), scheme, patch, compiled))
     return out
@@ -70,13 +76,22 @@ def main(cfg: DictConfig) -> None:
     run(chosen, b.batch_size, m.img_size, m.in_chans, m.num_classes, device, amp, b.warmup, b.steps, b.rounds)
     rows = results(chosen, device)
     setting = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "precision": str(amp).replace("torch.", "") if amp else "fp32", "batch_size": b.batch_size,
-        "img_size": m.img_size, "model": OmegaConf.to_container(cfg.model, resolve=True),
-        "steps": b.steps, "rounds": b.rounds, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "precision": str(amp).replace("torch.", "") if amp else "fp32",
+        "batch_size": b.batch_size,
+        "img_size": m.img_size,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "steps": b.steps,
+        "rounds": b.rounds,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
     }
-    print(f"{setting['device']}, {setting['precision']}, batch {b.batch_size}, {m.img_size} px, "
-          f"median of {b.rounds} interleaved rounds of {b.steps} steps\n")
+    print(
+        f"{setting['device']}, {setting['precision']}, batch {b.batch_size}, {m.img_size} px, "
+        f"median of {b.rounds} interleaved rounds of {b.steps} steps\n"
+    )
     print(markdown(rows))
     out = Path(b.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Describe the model a config builds: its parts, parameters and FLOPs. Writes no files.
 
-    python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
-    python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
+python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
+python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
 """
 
 import hydra
@@ -31,7 +31,10 @@ def main(cfg: DictConfig) -> None:
         f"model       {choices['model']}: patch_embed={choices['model/patch_embed']}, "
         f"pos_embed={choices['model/pos_embed']}, pool={model.pool}"
     )
-    print(f"input       {cfg.model.in_chans}x{h}x{w} -> {grid[0]}x{grid[1]} patches of {model.patch_size} px, {tokens} tokens")
+    print(
+        f"input       {cfg.model.in_chans}x{h}x{w} -> {grid[0]}x{grid[1]} patches of {model.patch_size} px, "
+        f"{tokens} tokens"
+    )
     print(f"parameters  {sum(parts.values()):,}")
     for name, count in parts.items():
         if count:

@@ -26,7 +26,9 @@ def main(cfg: DictConfig) -> None:
     device = "cpu" if device == "auto" else device
     try:
         result = evaluate_checkpoint(
-            cfg.checkpoint, list(cfg.resolutions) if cfg.resolutions else None, device,
+            cfg.checkpoint,
+            list(cfg.resolutions) if cfg.resolutions else None,
+            device,
             {"root": cfg.data_root} if cfg.data_root else None,
         )
     except (CheckpointError, DataError, ValueError) as e:

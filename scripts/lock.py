@@ -29,9 +29,21 @@ def resolve() -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-             "--report", str(report), "-e", ".[dev]"],
-            cwd=ROOT, check=True,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--dry-run",
+                "--ignore-installed",
+                "--quiet",
+                "--report",
+                str(report),
+                "-e",
+                ".[dev]",
+            ],
+            cwd=ROOT,
+            check=True,
         )
         installs = json.loads(report.read_text())["install"]
     ours = "vit-positions"

@@ -41,6 +41,8 @@ def scripts_see_no_gpu(request, monkeypatch):
     scripts they start see no GPU, even on a machine with one. Tests marked `cuda` are exempt."""
     if request.node.get_closest_marker("cuda") is None:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
 ALL_COMBINATIONS = list(itertools.product(PATCH_EMBEDS, POOLS, SCHEMES))
 
 
@@ -48,9 +50,7 @@ def tiny_vit(patch_embed="conv", pool="cls", scheme="learned_1d", **kwargs) -> V
     """A 2-block, width-32 ViT on 16 px images with 4 px patches (a 4x4 grid)."""
     config = dict(img_size=16, patch_size=4, in_chans=3, num_classes=7, embed_dim=32, depth=2, num_heads=4)
     config.update(kwargs)
-    return VisionTransformer(
-        pool=pool, patch_embed=PATCH_EMBEDS[patch_embed], pos_embed=SCHEMES[scheme], **config
-    )
+    return VisionTransformer(pool=pool, patch_embed=PATCH_EMBEDS[patch_embed], pos_embed=SCHEMES[scheme], **config)
 
 
 def perturb_(model: torch.nn.Module) -> torch.nn.Module:

@@ -38,7 +38,7 @@ def make_cifar10_archive(root: Path, per_batch: int = 16, seed: int = 0) -> Path
 def make_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=(12, 4), size=20) -> Path:
     """root/train/<class>/*.png and root/val/<class>/*.png; each class has its own colour."""
     rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_class):
+    for split, count in zip(("train", "val"), per_class, strict=True):
         for k, name in enumerate(classes):
             (root / split / name).mkdir(parents=True)
             for i in range(count):

@@ -27,9 +27,17 @@ def train(run_dir: Path, *overrides: str) -> dict:
     return train_run(cfg, run_dir, choices, task)
 
 
-def script(name: str, *args: str, cwd: Path, env: dict | None = None, prefix: tuple = ()) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *prefix, str(ROOT / "scripts" / name), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600, env=env)
+def script(
+    name: str, *args: str, cwd: Path, env: dict | None = None, prefix: tuple = ()
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *prefix, str(ROOT / "scripts" / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
 
 
 def train_command(run_dir: Path, *overrides: str) -> list[str]:

@@ -13,13 +13,24 @@ from vit.ablation import folder_name, grid_of, grid_points, run_sweep
 from vit.cli import compose
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["trainer.epochs=1", "data.num_train=256", "data.num_val=128", "model.embed_dim=32", "model.depth=1",
-        "model.num_heads=2"]
+TINY = [
+    "trainer.epochs=1",
+    "data.num_train=256",
+    "data.num_val=128",
+    "model.embed_dim=32",
+    "model.depth=1",
+    "model.num_heads=2",
+]
 
 
 def ablate(cwd, *args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "ablate.py"), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "ablate.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_what_failed(tmp_path):
@@ -33,7 +44,10 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
 
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [(r["scheme"], r["seed"], r["status"]) for r in rows] == [
-        ("none", "0", "finished"), ("learned_1d", "0", "finished"), ("rope_2d", "0", "failed")]
+        ("none", "0", "finished"),
+        ("learned_1d", "0", "finished"),
+        ("rope_2d", "0", "failed"),
+    ]
     for row in rows[:2]:  # the evaluation of last.pt gives the accuracy training logged
         assert float(row["eval_acc1"]) == float(row["final_acc1"])
         assert {"acc1_at_8px", "acc1_at_16px", "acc1_at_24px", "shuffled_acc1"} <= row.keys()  # 12 px: 0.75x to 2x
@@ -43,11 +57,16 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     summary = list(csv.DictReader(open(out / "summary.csv")))
     assert [(r["label"], r["seeds"]) for r in summary][:2] == [("none", "1"), ("learned_1d", "1")]
     report = (out / "report.md").read_text()
-    assert "| none | 1 |" in report and "| learned_1d | 1 |" in report and "![validation accuracy](curves.png)" in report
+    assert (
+        "| none | 1 |" in report and "| learned_1d | 1 |" in report and "![validation accuracy](curves.png)" in report
+    )
     assert "## Runs that did not finish" in report and "rope_2d_seed0" in report
     # runs are named by scheme and seed, for TensorBoard
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
-        "learned_1d_seed0", "none_seed0", "rope_2d_seed0"]
+        "learned_1d_seed0",
+        "none_seed0",
+        "rope_2d_seed0",
+    ]
 
     checkpoints = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")}
     assert len(checkpoints) == 4  # last.pt and best.pt of the two that finished
@@ -69,15 +88,29 @@ def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, mo
 def test_eval_script_matches_what_training_logged(tmp_path):
     run = tmp_path / "run"
     train(run, "experiment=digits", "trainer.epochs=1", "model.embed_dim=32", "model.depth=1", "model.num_heads=2")
-    evaluated = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval.py"),
-                                f"checkpoint={run / 'checkpoints' / 'last.pt'}", "resolutions=[12,24]"],
-                               cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    evaluated = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "eval.py"),
+            f"checkpoint={run / 'checkpoints' / 'last.pt'}",
+            "resolutions=[12,24]",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout)
     logged = json.loads((run / "summary.json").read_text())
     assert result["acc1"] == logged["final_val_acc1"]
     assert set(result["acc1_at"]) == {"12", "24"} and 0 <= result["shuffled_acc1"] <= 100
 
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "eval.py"), f"checkpoint={tmp_path / 'no.pt'}"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "eval.py"), f"checkpoint={tmp_path / 'no.pt'}"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: no checkpoint at {tmp_path / 'no.pt'}"

@@ -13,7 +13,9 @@ from vit.benchmark import Variant, forward_flops, results, run
 from vit.cli import options
 
 
-def vit_matmul_flops(*, img: int, patch: int, chans: int, dim: int, depth: int, mlp: int, classes: int, cls: bool) -> int:
+def vit_matmul_flops(
+    *, img: int, patch: int, chans: int, dim: int, depth: int, mlp: int, classes: int, cls: bool
+) -> int:
     """Matrix-product FLOPs (2 per multiply-add) of one image through a ViT."""
     patches = (img // patch) ** 2
     n = patches + cls
@@ -45,8 +47,10 @@ def test_compiled_variants_are_costed_against_the_compiled_reference():
         return v
 
     eager_only = [variant("ours learned_1d conv", False, [100.0]), variant("timm learned_1d conv", False, [80.0])]
-    compiled_only = [variant("ours learned_1d conv +compile", True, [200.0]),
-                     variant("timm learned_1d conv +compile", True, [250.0])]
+    compiled_only = [
+        variant("ours learned_1d conv +compile", True, [200.0]),
+        variant("timm learned_1d conv +compile", True, [250.0]),
+    ]
     rows = results(eager_only + compiled_only, torch.device("cpu"))
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 1.25, 1.0, 0.8]
     rows = results(compiled_only, torch.device("cpu"))  # benchmark.compile=true: no eager reference
@@ -77,9 +81,18 @@ def test_every_compiled_variant_stays_compiled(monkeypatch):
 
 
 def test_benchmark_script_table_and_json(tmp_path):
-    proc = script("benchmark.py", "model.depth=1", "model.embed_dim=48", "model.num_heads=4", "benchmark.batch_size=8",
-                  "benchmark.steps=1", "benchmark.rounds=2", "benchmark.warmup=1", f"benchmark.out_dir={tmp_path}",
-                  cwd=tmp_path)
+    proc = script(
+        "benchmark.py",
+        "model.depth=1",
+        "model.embed_dim=48",
+        "model.num_heads=4",
+        "benchmark.batch_size=8",
+        "benchmark.steps=1",
+        "benchmark.rounds=2",
+        "benchmark.warmup=1",
+        f"benchmark.out_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}

@@ -95,10 +95,17 @@ def test_bad_values_are_one_line_errors(overrides, message):
     assert len(str(error.value).splitlines()) == 1 and message in str(error.value)
 
 
-@pytest.mark.parametrize("overrides", [
-    ["model.embed_dim=100"], ["model.img_size=30"], ["model.embed_dim=wide"], ["model=vit"], ["model.depth=0"],
-    ["model.pool=max"],
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.embed_dim=100"],
+        ["model.img_size=30"],
+        ["model.embed_dim=wide"],
+        ["model=vit"],
+        ["model.depth=0"],
+        ["model.pool=max"],
+    ],
+)
 def test_the_check_before_torch_says_what_building_would(overrides):
     # scripts check the config before importing torch; the message is the model's own
     cfg = compose_train(overrides)
@@ -119,7 +126,10 @@ def test_the_check_before_torch_passes_every_preset():
 def describe(*overrides, cwd):
     return subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "describe.py"), *overrides],
-        cwd=cwd, capture_output=True, text=True, timeout=120,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -135,7 +145,9 @@ def test_describe_reports_the_model_it_builds(tmp_path):
 def test_describe_bad_value_is_one_line_without_traceback(tmp_path):
     run = describe("model/pos_embed=rope_2d", "model.num_heads=48", "model.embed_dim=96", cwd=tmp_path)
     assert run.returncode == 2
-    assert run.stderr.strip() == "error: model: rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got 2"
+    assert (
+        run.stderr.strip() == "error: model: rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got 2"
+    )
 
 
 def test_unknown_scheme_lists_the_options(tmp_path):

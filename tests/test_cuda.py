@@ -25,8 +25,14 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "trainer.log
 
 
 def run(script, *args, cwd, env=None):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=600, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / script), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -34,9 +40,22 @@ def run(script, *args, cwd, env=None):
 def test_cifar_run_on_the_gpu_compiled_in_bf16_and_evaluated_on_the_cpu(tmp_path):
     data_root, out = tmp_path / "data", tmp_path / "run"
     make_cifar10_archive(data_root)
-    run("train.py", f"hydra.run.dir={out}", f"data.root={data_root}", "data.download=false",
-        "data.verify_checksums=false", "data.batch_size=16", "data.policy=trivialaugment", "data.mixup=0.2",
-        "data.cutmix=0.5", "trainer.epochs=2", "trainer.compile=true", "trainer.ema=true", *TINY, cwd=tmp_path)
+    run(
+        "train.py",
+        f"hydra.run.dir={out}",
+        f"data.root={data_root}",
+        "data.download=false",
+        "data.verify_checksums=false",
+        "data.batch_size=16",
+        "data.policy=trivialaugment",
+        "data.mixup=0.2",
+        "data.cutmix=0.5",
+        "trainer.epochs=2",
+        "trainer.compile=true",
+        "trainer.ema=true",
+        *TINY,
+        cwd=tmp_path,
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["device"].startswith("cuda") and summary["epochs"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -76,14 +95,28 @@ def test_wait_clock_reads_the_gpu_timeline():
 
 
 def test_benchmark_on_the_gpu(tmp_path):
-    run("benchmark.py", "model.depth=1", "model.embed_dim=64", "model.num_heads=4", "benchmark.batch_size=64",
-        "benchmark.steps=2", "benchmark.rounds=1", "benchmark.warmup=2", "benchmark.compare=false",
-        f"benchmark.out_dir={tmp_path}", cwd=tmp_path)
+    run(
+        "benchmark.py",
+        "model.depth=1",
+        "model.embed_dim=64",
+        "model.num_heads=4",
+        "benchmark.batch_size=64",
+        "benchmark.steps=2",
+        "benchmark.rounds=1",
+        "benchmark.warmup=2",
+        "benchmark.compare=false",
+        f"benchmark.out_dir={tmp_path}",
+        cwd=tmp_path,
+    )
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     assert report["setting"]["precision"] == "bfloat16"
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {"ours learned_1d conv", "timm learned_1d conv", "ours learned_1d conv +compile",
-                         "timm learned_1d conv +compile"}
+    assert set(rows) == {
+        "ours learned_1d conv",
+        "timm learned_1d conv",
+        "ours learned_1d conv +compile",
+        "timm learned_1d conv +compile",
+    }
     peak_known = any(name in torch.cuda.get_device_name() for name in ("H100", "H200"))
     for row in rows.values():
         assert row["train_images_per_sec"] > 0 and row["peak_memory_mb"] > 0
@@ -94,9 +127,23 @@ def test_benchmark_on_the_gpu(tmp_path):
 def test_two_nccl_processes(tmp_path):
     out = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(torchrun + [str(ROOT / "scripts" / "train.py"), f"hydra.run.dir={out}", "experiment=probe",
-                                      "trainer.epochs=1", "data.num_train=512", "data.num_val=256", *TINY],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    proc = subprocess.run(
+        torchrun
+        + [
+            str(ROOT / "scripts" / "train.py"),
+            f"hydra.run.dir={out}",
+            "experiment=probe",
+            "trainer.epochs=1",
+            "data.num_train=512",
+            "data.num_val=256",
+            *TINY,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["device"].startswith("cuda")

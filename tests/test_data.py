@@ -23,7 +23,7 @@ def test_ranks_together_see_the_global_batches_of_one_process(world):
     ranks = [ShardedBatches(100, 16, r, world, seed=3) for r in range(world)]
     for r in ranks:
         r.set_epoch(2)
-    steps = list(zip(*ranks))
+    steps = list(zip(*ranks, strict=True))
     assert len(steps) == 100 // 16
     for t, parts in enumerate(steps):
         assert torch.equal(torch.cat(parts), order[t * 16 : (t + 1) * 16])
@@ -62,7 +62,9 @@ def test_device_crop_and_flip_are_per_sample_and_rank_independent(device):
     ]
     assert torch.equal(torch.cat(halves), whole)
     assert whole.shape == images.shape and whole.dtype == torch.uint8
-    for out, src in zip(whole, images):  # each output is a shifted (and maybe mirrored) window of its own input
+    for out, src in zip(
+        whole, images, strict=True
+    ):  # each output is a shifted (and maybe mirrored) window of its own input
         padded = torch.nn.functional.pad(src, (2, 2, 2, 2))
         windows = [padded[:, i : i + 5, j : j + 5] for i in range(5) for j in range(5)]
         assert any(torch.equal(out, w) or torch.equal(out, w.flip(-1)) for w in windows)
@@ -94,10 +96,17 @@ def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independ
 # TrivialAugment's "wide" space (Müller & Hutter 2021, as torchvision's TrivialAugmentWide):
 # each operation's magnitude from its first to its last bin, and whether its sign is drawn
 WIDE = {
-    "identity": None, "autocontrast": None, "equalize": None,
-    "shear_x": (0.0, 0.99, True), "shear_y": (0.0, 0.99, True),
-    "translate_x": (0.0, 32.0, True), "translate_y": (0.0, 32.0, True), "rotate": (0.0, 135.0, True),
-    "brightness": (0.0, 0.99, True), "color": (0.0, 0.99, True), "contrast": (0.0, 0.99, True),
+    "identity": None,
+    "autocontrast": None,
+    "equalize": None,
+    "shear_x": (0.0, 0.99, True),
+    "shear_y": (0.0, 0.99, True),
+    "translate_x": (0.0, 32.0, True),
+    "translate_y": (0.0, 32.0, True),
+    "rotate": (0.0, 135.0, True),
+    "brightness": (0.0, 0.99, True),
+    "color": (0.0, 0.99, True),
+    "contrast": (0.0, 0.99, True),
     "sharpness": (0.0, 0.99, True),
     "posterize": (8.0, 2.0, False),  # bits kept, rounded to whole bits
     "solarize": (255.0, 0.0, False),  # threshold on uint8
@@ -123,8 +132,18 @@ def test_class_folder_batches_do_not_depend_on_workers_and_restart_exactly(tmp_p
     # each image is augmented from its own (seed, epoch, index) stream, so a resumed epoch
     # sees the same pixels whichever worker now loads which batch
     root = make_class_folders(tmp_path / "tree")
-    data = ImageFolderData(root=str(root), name="folders", img_size=16, in_chans=3, num_classes=3, batch_size=4,
-                           mean=[0.5] * 3, std=[0.5] * 3, policy="trivialaugment", num_workers=2)
+    data = ImageFolderData(
+        root=str(root),
+        name="folders",
+        img_size=16,
+        in_chans=3,
+        num_classes=3,
+        batch_size=4,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+        policy="trivialaugment",
+        num_workers=2,
+    )
 
     def epoch(workers, start=0):
         data.num_workers = workers
@@ -134,8 +153,8 @@ def test_class_folder_batches_do_not_depend_on_workers_and_restart_exactly(tmp_p
 
     full = epoch(2)
     assert len(full) == 9 and len({b.sum().item() for b in full}) > 1
-    assert all(torch.equal(a, b) for a, b in zip(epoch(0, start=3), full[3:]))
-    assert all(torch.equal(a, b) for a, b in zip(epoch(1, start=4), full[4:]))
+    assert all(torch.equal(a, b) for a, b in zip(epoch(0, start=3), full[3:], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(epoch(1, start=4), full[4:], strict=True))
     torch.manual_seed(0)  # and the loader leaves the training loop's random stream alone
     epoch(0)
     after = torch.rand(3)
@@ -147,7 +166,7 @@ def test_probe_labels_follow_the_shapes_and_each_shape_fills_one_patch():
     probe = PositionProbe(name="probe", img_size=16, num_classes=4, batch_size=8, cell=4, **GREY)
     split = probe.generate(200, seed=5)
     assert split.images.shape == (200, 1, 16, 16) and split.labels.bincount(minlength=4).min() > 30
-    for image, label in zip(split.images[:, 0], split.labels):
+    for image, label in zip(split.images[:, 0], split.labels, strict=True):
         bright = (image >= 160).nonzero()
         cells = {(int(r) // 4, int(c) // 4) for r, c in bright}
         assert len(cells) == 2  # two shapes, each inside one 4x4 cell
@@ -178,12 +197,31 @@ def test_digits_split_is_stratified_and_fixed():
 
 def test_cifar_reads_the_archive_and_reports_what_is_missing(tmp_path):
     make_cifar10_archive(tmp_path)
-    cifar = Cifar(name="cifar10", root=str(tmp_path), download=False, verify_checksums=False, img_size=32,
-                  in_chans=3, num_classes=10, batch_size=8, mean=[0.5] * 3, std=[0.5] * 3)
+    cifar = Cifar(
+        name="cifar10",
+        root=str(tmp_path),
+        download=False,
+        verify_checksums=False,
+        img_size=32,
+        in_chans=3,
+        num_classes=10,
+        batch_size=8,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+    )
     train, val = cifar.splits()
     assert train.images.shape == (80, 3, 32, 32) and val.images.shape == (16, 3, 32, 32)
     assert train.images.dtype == torch.uint8 and train.labels.max() < 10
-    empty = Cifar(name="cifar10", root=str(tmp_path / "none"), download=False, img_size=32, in_chans=3,
-                  num_classes=10, batch_size=8, mean=[0.5] * 3, std=[0.5] * 3)
+    empty = Cifar(
+        name="cifar10",
+        root=str(tmp_path / "none"),
+        download=False,
+        img_size=32,
+        in_chans=3,
+        num_classes=10,
+        batch_size=8,
+        mean=[0.5] * 3,
+        std=[0.5] * 3,
+    )
     with pytest.raises(DataError, match="put cifar-10-python.tar.gz"):
         empty.splits()

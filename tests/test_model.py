@@ -105,8 +105,10 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(scheme):
 
 
 # a graph break lives in one part's code: every scheme with each pool, every patch embedding with each pool
-COMPILE_CASES = sorted({("conv", pool, s) for pool in POOLS for s in SCHEMES}
-                       | {(p, pool, "learned_1d") for pool in POOLS for p in PATCH_EMBEDS})
+COMPILE_CASES = sorted(
+    {("conv", pool, s) for pool in POOLS for s in SCHEMES}
+    | {(p, pool, "learned_1d") for pool in POOLS for p in PATCH_EMBEDS}
+)
 
 
 @pytest.mark.parametrize("patch_embed,pool,scheme", COMPILE_CASES)

@@ -38,6 +38,7 @@ def assert_depends_only_on_offset(values, grid, first=0):
 
 # sincos_2d
 
+
 def test_sincos_matches_its_formula_element_by_element():
     dim, grid = 16, (3, 4)
     pe = scheme(SinCos2d, grid=grid, dim=dim).embedding(grid)
@@ -69,6 +70,7 @@ def test_sincos_is_recomputed_for_a_new_grid():
 
 # learned_1d
 
+
 def test_learned_table_has_one_trainable_row_per_token():
     s = scheme(Learned1d, grid=(3, 4), prefix=1)
     assert s.table.shape == (1, 13, 32) and s.table.requires_grad
@@ -93,6 +95,7 @@ def test_learned_table_from_another_grid_is_resampled_on_load():
 
 
 # relative_bias
+
 
 def randomised_relative(grid=(3, 4), prefix=1):
     s = scheme(RelativeBias, grid=grid, prefix=prefix)
@@ -154,6 +157,7 @@ def test_relative_table_from_another_grid_is_resampled_on_load():
 
 
 # rope_2d
+
 
 def rotated_scores(s, grid):
     """Scores between one fixed query and one fixed key placed at every token."""

@@ -33,7 +33,9 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
 
     records = metrics(run)
     assert [r["epoch"] for r in records] == [1, 2]
-    assert {"train_loss", "val_loss", "val_acc1", "val_acc5", "lr", "images_per_sec", "epoch_s", "step"} <= records[0].keys()
+    assert {"train_loss", "val_loss", "val_acc1", "val_acc5", "lr", "images_per_sec", "epoch_s", "step"} <= records[
+        0
+    ].keys()
     assert all(0 <= r["data_wait_frac"] < 1 for r in records)
     assert records[1]["train_loss"] < records[0]["train_loss"]
     assert records[1]["step"] == 2 * (1438 // 64)  # digits: 1,438 training images, batch 64
@@ -47,8 +49,16 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     events = EventAccumulator(str(run))
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    assert {"train/loss", "train/lr", "train/images_per_sec", "train/data_wait_frac", "val/loss", "val/acc1", "val/acc5",
-            "time/epoch_s"} <= scalars
+    assert {
+        "train/loss",
+        "train/lr",
+        "train/images_per_sec",
+        "train/data_wait_frac",
+        "val/loss",
+        "val/acc1",
+        "val/acc5",
+        "time/epoch_s",
+    } <= scalars
     assert [e.value for e in events.Scalars("val/acc1")] == pytest.approx([r["val_acc1"] for r in records])
     assert "pos_embed/similarity" in events.Tags()["images"]
     assert "_hparams_/experiment" in events.PluginTagToContent("hparams")
@@ -101,7 +111,9 @@ def test_a_run_puts_back_the_signal_handlers_it_found(tmp_path):
             signal.signal(sig, handler)
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compiled_run_saves_the_plain_model(tmp_path):
     # torch.compile wraps the model; checkpoints and evaluation must still see the plain one
     run = tmp_path / "run"
@@ -113,8 +125,15 @@ def test_compiled_run_saves_the_plain_model(tmp_path):
 
 def test_class_folder_tree(tmp_path):
     root = make_class_folders(tmp_path / "tree")
-    common = ["data=imagefolder", f"data.root={root}", "data.img_size=16", "data.batch_size=6",
-              "data.num_workers=1", "trainer.epochs=1", *TINY]
+    common = [
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.img_size=16",
+        "data.batch_size=6",
+        "data.num_workers=1",
+        "trainer.epochs=1",
+        *TINY,
+    ]
     run = tmp_path / "run"
     train(run, *common, "data.num_classes=3", "data.policy=trivialaugment")
     assert metrics(run)[0]["val_acc1"] * 12 / 100 == pytest.approx(round(metrics(run)[0]["val_acc1"] * 12 / 100))
@@ -130,8 +149,17 @@ def test_cifar_archive_through_torchvisions_parser(tmp_path, policy):
     data_root = tmp_path / "data"
     make_cifar10_archive(data_root)
     run = tmp_path / "run"
-    train(run, "data=cifar10", f"data.root={data_root}", "data.download=false", "data.verify_checksums=false",
-          "data.batch_size=16", "trainer.epochs=1", f"data.policy={policy}", *TINY)
+    train(
+        run,
+        "data=cifar10",
+        f"data.root={data_root}",
+        "data.download=false",
+        "data.verify_checksums=false",
+        "data.batch_size=16",
+        "trainer.epochs=1",
+        f"data.policy={policy}",
+        *TINY,
+    )
     assert (data_root / "cifar-10-batches-py" / "data_batch_1").exists()  # extracted from the archive
     record = metrics(run)[0]
     assert record["step"] == 5 * 16 // 16  # 80 training images
@@ -140,15 +168,26 @@ def test_cifar_archive_through_torchvisions_parser(tmp_path, policy):
 
 def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     # dropout, stochastic depth, mixup and EMA all draw randomness or carry state
-    args = ["experiment=digits", "trainer.epochs=3", "model.embed_dim=32", "model.depth=2", "model.num_heads=2",
-            "model.dropout=0.1", "model.drop_path_rate=0.1", "data.mixup=0.2", "trainer.ema=true", "trainer.log_every=3"]
+    args = [
+        "experiment=digits",
+        "trainer.epochs=3",
+        "model.embed_dim=32",
+        "model.depth=2",
+        "model.num_heads=2",
+        "model.dropout=0.1",
+        "model.drop_path_rate=0.1",
+        "data.mixup=0.2",
+        "trainer.ema=true",
+        "trainer.log_every=3",
+    ]
     full = tmp_path / "full"
     train(full, *args)
 
     # a real SIGTERM to a real process: it saves, and exits 143 so that a scheduler requeues it
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(train_command(cut, *args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(
+        train_command(cut, *args), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 300
     while not ((cut / "metrics.jsonl").exists() and (cut / "metrics.jsonl").read_text().strip()):
         assert proc.poll() is None and time.time() < deadline, "the run ended before it could be interrupted"
@@ -208,8 +247,15 @@ def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
 def test_diverging_loss_stops_naming_the_step(tmp_path):
     run = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"loss is (nan|inf|-inf) at step \d+") as error:
-        train(run, *PROBE, "data.num_train=512", "optim.lr=1e30", "optim.warmup_epochs=0", "optim.clip_grad=null",
-              "trainer.log_every=1")
+        train(
+            run,
+            *PROBE,
+            "data.num_train=512",
+            "optim.lr=1e30",
+            "optim.warmup_epochs=0",
+            "optim.clip_grad=null",
+            "trainer.log_every=1",
+        )
     assert len(str(error.value).splitlines()) == 1
     assert not (run / "checkpoints" / "last.pt").exists()
 
@@ -233,7 +279,11 @@ def test_bad_input_raises_one_line(tmp_path, overrides, error, message):
 @pytest.mark.parametrize(
     "overrides,message,code",
     [
-        (["data=cifar10", "data.root={tmp}/empty", "data.download=false"], "cifar10 not found: put cifar-10-python.tar.gz", 1),
+        (
+            ["data=cifar10", "data.root={tmp}/empty", "data.download=false"],
+            "cifar10 not found: put cifar-10-python.tar.gz",
+            1,
+        ),
         (["data=cifar10", "data.policy=autoaugment"], "data: policy must be one of none, trivialaugment", 2),
         (["experiment=probe", "model.embed_dim=30"], "model: embed_dim 30 is not divisible by num_heads 4", 2),
         (["model.img_size=30"], "model: image size 30x30 is not a multiple of the patch size 4", 2),
@@ -241,22 +291,27 @@ def test_bad_input_raises_one_line(tmp_path, overrides, error, message):
     ],
 )
 def test_bad_input_on_the_command_line_is_one_line(tmp_path, overrides, message, code):
-    proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *[o.format(tmp=tmp_path) for o in overrides],
-                  cwd=tmp_path)
+    proc = script(
+        "train.py", f"hydra.run.dir={tmp_path / 'run'}", *[o.format(tmp=tmp_path) for o in overrides], cwd=tmp_path
+    )
     assert message in one_error_line(proc, code)
 
 
 def test_a_checkpoint_error_on_the_command_line_is_one_line(tmp_path):
-    proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *PROBE, f"resume={tmp_path / 'nowhere.pt'}",
-                  cwd=tmp_path)
+    proc = script(
+        "train.py", f"hydra.run.dir={tmp_path / 'run'}", *PROBE, f"resume={tmp_path / 'nowhere.pt'}", cwd=tmp_path
+    )
     assert one_error_line(proc, 1) == f"error: no checkpoint at {tmp_path / 'nowhere.pt'}"
     assert "no checkpoint at" in (tmp_path / "run" / "error.txt").read_text()  # for the ablation's report
 
 
-@pytest.mark.parametrize("overrides,named", [
-    (["trainer.epoch=3"], ["trainer.epoch"]),
-    (["model/pos_embed=foo"], ["foo", "rope_2d", "sincos_2d"]),  # the bad option, and the ones there are
-])
+@pytest.mark.parametrize(
+    "overrides,named",
+    [
+        (["trainer.epoch=3"], ["trainer.epoch"]),
+        (["model/pos_embed=foo"], ["foo", "rope_2d", "sincos_2d"]),  # the bad option, and the ones there are
+    ],
+)
 def test_unknown_key_or_option_is_hydras_message(tmp_path, overrides, named):
     proc = script("train.py", f"hydra.run.dir={tmp_path / 'run'}", *overrides, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -274,14 +329,17 @@ def test_unwritable_run_dir_fails_cleanly(tmp_path):
 BAD_VALUE = ["model.embed_dim=30", "model.num_heads=4", "model.depth=1"]
 
 
-@pytest.mark.parametrize("name,args,message,code", [
-    ("train.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("train.py", ["--help"], "model/pos_embed", 0),  # the help lists the config groups
-    ("ablate.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("benchmark.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("describe.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
-    ("eval.py", ["checkpoint=x.pt", "resolution=[24]"], "resolution", 1),  # an unknown key, named
-])
+@pytest.mark.parametrize(
+    "name,args,message,code",
+    [
+        ("train.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+        ("train.py", ["--help"], "model/pos_embed", 0),  # the help lists the config groups
+        ("ablate.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+        ("benchmark.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+        ("describe.py", BAD_VALUE, "embed_dim 30 is not divisible by num_heads 4", 2),
+        ("eval.py", ["checkpoint=x.pt", "resolution=[24]"], "resolution", 1),  # an unknown key, named
+    ],
+)
 def test_every_script_answers_before_importing_torch(tmp_path, name, args, message, code):
     # the command line answers at once: torch and timm take seconds to import
     proc = script(name, *args, cwd=tmp_path, prefix=("-X", "importtime"))
@@ -291,8 +349,14 @@ def test_every_script_answers_before_importing_torch(tmp_path, name, args, messa
 
 
 def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
-    args = ["experiment=probe", "trainer.epochs=2", "data.num_train=512", "data.num_val=256", "data.batch_size=64",
-            *TINY]
+    args = [
+        "experiment=probe",
+        "trainer.epochs=2",
+        "data.num_train=512",
+        "data.num_val=256",
+        "data.batch_size=64",
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
     threads = torch.get_num_threads()
@@ -302,8 +366,9 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
     finally:
         torch.set_num_threads(threads)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    proc = subprocess.run(torchrun + train_command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=600, env=env)
+    proc = subprocess.run(
+        torchrun + train_command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     a, b = load_checkpoint(one / "checkpoints" / "last.pt"), load_checkpoint(two / "checkpoints" / "last.pt")
@@ -311,7 +376,7 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-4)
     assert len(b["rng"]) == 2  # every rank's random streams
-    for x, y in zip(metrics(one), metrics(two)):
+    for x, y in zip(metrics(one), metrics(two), strict=True):
         assert y["train_loss"] == pytest.approx(x["train_loss"], abs=1e-5)
         assert y["val_acc1"] == pytest.approx(x["val_acc1"], abs=100 / 256 + 1e-9)  # at most one image apart
     summary = json.loads((two / "summary.json").read_text())

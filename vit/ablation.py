@@ -65,7 +65,7 @@ def grid_of(cfg: DictConfig) -> dict[str, list]:
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, str]]:
     keys = list(grid)
-    return [dict(zip(keys, map(str, values))) for values in itertools.product(*(grid[k] for k in keys))]
+    return [dict(zip(keys, map(str, values), strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def subdir_template(grid: dict[str, list]) -> str:
@@ -85,9 +85,15 @@ def sweep_command(cfg: DictConfig, runs_dir: Path, extra: list[str]) -> list[str
     `hydra/launcher=submitit_slurm`, or override any training key for every run."""
     grid = [f"{key}={','.join(map(str, values))}" for key, values in grid_of(cfg).items()]
     return [
-        sys.executable, str(ROOT / "scripts" / "train.py"), "-m",
-        *cfg.train, *extra, *grid, "resume=auto",
-        f"hydra.sweep.dir={runs_dir}", f"hydra.sweep.subdir='{subdir_template(grid_of(cfg))}'",
+        sys.executable,
+        str(ROOT / "scripts" / "train.py"),
+        "-m",
+        *cfg.train,
+        *extra,
+        *grid,
+        "resume=auto",
+        f"hydra.sweep.dir={runs_dir}",
+        f"hydra.sweep.subdir='{subdir_template(grid_of(cfg))}'",
     ]
 
 
@@ -118,8 +124,9 @@ def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
             run.history = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
             evaluation = run.folder / "eval.json"
             if not evaluation.exists() or evaluation.stat().st_mtime < summary.stat().st_mtime:
-                result = evaluate_checkpoint(run.folder / "checkpoints" / "last.pt",
-                                             list(cfg.resolutions) if cfg.resolutions else None, device)
+                result = evaluate_checkpoint(
+                    run.folder / "checkpoints" / "last.pt", list(cfg.resolutions) if cfg.resolutions else None, device
+                )
                 evaluation.write_text(json.dumps(result, indent=2) + "\n")
             run.evaluation = json.loads(evaluation.read_text())
         elif error.exists():
@@ -136,15 +143,25 @@ def result_rows(runs: list[Run]) -> list[dict]:
     rows = []
     for run in runs:
         s, e = run.summary, run.evaluation
-        row = {"scheme": run.scheme, **{short(k): v for k, v in run.point.items() if k != "model/pos_embed"},
-               "seed": run.seed, "status": run.status,
-               "params": s.get("params", ""), "scheme_params": e.get("pos_embed_params", ""),
-               "best_acc1": s.get("best_val_acc1", ""), "final_acc1": s.get("final_val_acc1", ""),
-               "eval_acc1": e.get("acc1", "")}  # final_acc1 measured again from last.pt
+        row = {
+            "scheme": run.scheme,
+            **{short(k): v for k, v in run.point.items() if k != "model/pos_embed"},
+            "seed": run.seed,
+            "status": run.status,
+            "params": s.get("params", ""),
+            "scheme_params": e.get("pos_embed_params", ""),
+            "best_acc1": s.get("best_val_acc1", ""),
+            "final_acc1": s.get("final_val_acc1", ""),
+            "eval_acc1": e.get("acc1", ""),
+        }  # final_acc1 measured again from last.pt
         for size, acc in e.get("acc1_at", {}).items():
             row[f"acc1_at_{size}px"] = acc
-        row.update(shuffled_acc1=e.get("shuffled_acc1", ""), images_per_sec=s.get("train_images_per_sec", ""),
-                   wall_time_s=s.get("wall_time_s", ""), error=run.error)
+        row.update(
+            shuffled_acc1=e.get("shuffled_acc1", ""),
+            images_per_sec=s.get("train_images_per_sec", ""),
+            wall_time_s=s.get("wall_time_s", ""),
+            error=run.error,
+        )
         rows.append(row)
     return rows
 
@@ -155,7 +172,7 @@ def summary_rows(runs: list[Run]) -> list[dict]:
     rows = []
     finished = [r for r in runs if r.status == "finished"]
     for label in dict.fromkeys(r.label for r in runs):
-        group = [row for r, row in zip(finished, result_rows(finished)) if r.label == label]
+        group = [row for r, row in zip(finished, result_rows(finished), strict=True) if r.label == label]
         row = {"label": label, "seeds": len(group)}
         numeric = [k for k in (group[0] if group else {}) if isinstance(group[0][k], (int, float)) and k != "seed"]
         for key in numeric:

@@ -12,11 +12,11 @@ import ctypes
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,9 +46,17 @@ def timm_equivalent(cfg) -> torch.nn.Module:
 
     m = cfg.model
     return VisionTransformer(
-        img_size=m.img_size, patch_size=m.patch_size, in_chans=m.in_chans, num_classes=m.num_classes,
-        embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio,
-        qkv_bias=m.qkv_bias, drop_path_rate=m.drop_path_rate, class_token=m.pool == "cls",
+        img_size=m.img_size,
+        patch_size=m.patch_size,
+        in_chans=m.in_chans,
+        num_classes=m.num_classes,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        qkv_bias=m.qkv_bias,
+        drop_path_rate=m.drop_path_rate,
+        class_token=m.pool == "cls",
         global_pool="token" if m.pool == "cls" else "avg",
     )
 
@@ -80,8 +88,17 @@ def sync(device: torch.device) -> None:
 class Bench:
     """One variant's model, optimizer and data, with a training and an inference step."""
 
-    def __init__(self, variant: Variant, *, batch: int, img_size: int, in_chans: int, classes: int,
-                 device: torch.device, amp: torch.dtype | None):
+    def __init__(
+        self,
+        variant: Variant,
+        *,
+        batch: int,
+        img_size: int,
+        in_chans: int,
+        classes: int,
+        device: torch.device,
+        amp: torch.dtype | None,
+    ):
         self.model = variant.build().to(device)
         variant.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
@@ -136,8 +153,18 @@ def release_memory(device: torch.device) -> None:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-def run(variants: list[Variant], batch: int, img_size: int, in_chans: int, classes: int,
-        device: torch.device, amp: torch.dtype | None, warmup: int, steps: int, rounds: int) -> None:
+def run(
+    variants: list[Variant],
+    batch: int,
+    img_size: int,
+    in_chans: int,
+    classes: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    warmup: int,
+    steps: int,
+    rounds: int,
+) -> None:
     make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device, amp=amp)
     compiled = sum(v.compiled for v in variants)
     if compiled:  # every compiled variant needs its own graphs (training, no-grad) of the same forward code;
@@ -157,43 +184,65 @@ def run(variants: list[Variant], batch: int, img_size: int, in_chans: int, class
         del bench
     release_memory(device)
     benches = [make(v) for v in variants]
-    for v, b in zip(variants, benches):
+    for v, b in zip(variants, benches, strict=True):
         v.train_gflops = 3 * forward_flops(b.model, b.x) / batch / 1e9
         for _ in range(warmup):  # compile, allocator and kernel selection happen here
             b.train_step()
             b.infer_step()
     for _ in range(rounds):
-        for v, b in zip(variants, benches):
+        for v, b in zip(variants, benches, strict=True):
             v.train_ips.append(timed(b.train_step, steps, batch, device))
             v.infer_ips.append(timed(b.infer_step, steps, batch, device))
 
 
 def results(variants: list[Variant], device: torch.device) -> list[dict]:
-    peak = next((t for name, t in PEAK_TFLOPS.items() if device.type == "cuda"
-                 and name in torch.cuda.get_device_name(device)), None)
+    peak = next(
+        (t for name, t in PEAK_TFLOPS.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)),
+        None,
+    )
     # each variant's cost is against ours learned_1d + conv compiled (or not) as it is
-    reference = {v.compiled: statistics.median(v.train_ips) for v in reversed(variants)
-                 if v.name.startswith("ours") and (v.scheme, v.patch_embed) == ("learned_1d", "conv")}
+    reference = {
+        v.compiled: statistics.median(v.train_ips)
+        for v in reversed(variants)
+        if v.name.startswith("ours") and (v.scheme, v.patch_embed) == ("learned_1d", "conv")
+    }
     rows = []
     for v in variants:
         train, infer = statistics.median(v.train_ips), statistics.median(v.infer_ips)
-        rows.append({
-            "variant": v.name, "scheme": v.scheme, "patch_embed": v.patch_embed, "compiled": v.compiled,
-            "params": v.params, "train_images_per_sec": train, "infer_images_per_sec": infer,
-            "train_step_cost_vs_ours_learned_1d": reference[v.compiled] / train,
-            "peak_memory_mb": v.peak_mb, "train_gflops_per_image": v.train_gflops,
-            "mfu": train * v.train_gflops * 1e9 / (peak * 1e12) if peak else None,
-        })
+        rows.append(
+            {
+                "variant": v.name,
+                "scheme": v.scheme,
+                "patch_embed": v.patch_embed,
+                "compiled": v.compiled,
+                "params": v.params,
+                "train_images_per_sec": train,
+                "infer_images_per_sec": infer,
+                "train_step_cost_vs_ours_learned_1d": reference[v.compiled] / train,
+                "peak_memory_mb": v.peak_mb,
+                "train_gflops_per_image": v.train_gflops,
+                "mfu": train * v.train_gflops * 1e9 / (peak * 1e12) if peak else None,
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ["variant", "train img/s", "step cost vs ours learned_1d", "infer img/s", "peak MB",
-            "train GFLOPs/img", "MFU"]
+    head = [
+        "variant",
+        "train img/s",
+        "step cost vs ours learned_1d",
+        "infer img/s",
+        "peak MB",
+        "train GFLOPs/img",
+        "MFU",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "–"
-        lines.append(f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
-                     f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {r['infer_images_per_sec']:,.0f} | "
-                     f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} |")
+        lines.append(
+            f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
+            f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {r['infer_images_per_sec']:,.0f} | "
+            f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} |"
+        )
     return "\n".join(lines)

@@ -8,8 +8,9 @@ override or value is answered at once, and imports the heavy libraries only afte
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import hydra
 from hydra.experimental.callback import Callback
@@ -81,9 +82,16 @@ def check_config(cfg: DictConfig) -> None:
     the data) is checked when it is built."""
     try:
         m = cfg.model
-        check_vit_sizes(img_size=m.img_size, patch_size=m.patch_size, in_chans=m.in_chans,
-                        num_classes=m.num_classes, embed_dim=m.embed_dim, depth=m.depth,
-                        num_heads=m.num_heads, pool=m.pool)
+        check_vit_sizes(
+            img_size=m.img_size,
+            patch_size=m.patch_size,
+            in_chans=m.in_chans,
+            num_classes=m.num_classes,
+            embed_dim=m.embed_dim,
+            depth=m.depth,
+            num_heads=m.num_heads,
+            pool=m.pool,
+        )
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     except OmegaConfBaseException as e:

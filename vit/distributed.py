@@ -46,8 +46,10 @@ def launch() -> None:
     if torch.cuda.is_available() and "trainer.device=cpu" not in sys.argv:  # NCCL for CUDA tensors, Gloo for CPU ones
         local_rank, gpus = int(os.environ.get("LOCAL_RANK", 0)), torch.cuda.device_count()
         if local_rank >= gpus:
-            sys.exit(f"error: torchrun started more processes on this machine than its {gpus} GPU(s); "
-                     f"use --nproc_per_node={gpus}, or trainer.device=cpu")
+            sys.exit(
+                f"error: torchrun started more processes on this machine than its {gpus} GPU(s); "
+                f"use --nproc_per_node={gpus}, or trainer.device=cpu"
+            )
         torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="cpu:gloo,cuda:nccl")
     else:

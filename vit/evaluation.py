@@ -65,8 +65,9 @@ def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig
     return model, cfg, state["epoch"]
 
 
-def evaluate_checkpoint(path: str | Path, resolutions: list[int] | None = None, device: str = "cpu",
-                        data_overrides: dict | None = None) -> dict:
+def evaluate_checkpoint(
+    path: str | Path, resolutions: list[int] | None = None, device: str = "cpu", data_overrides: dict | None = None
+) -> dict:
     """Rebuild the model and data of a checkpoint from its own config and measure it."""
     model, cfg, epoch = model_from_checkpoint(path)
     for key, value in (data_overrides or {}).items():

@@ -12,7 +12,7 @@ LayerNorm (timm's `fc_norm`, big_vision's GAP head).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -44,8 +44,16 @@ class VisionTransformer(nn.Module):
         pos_embed: Callable[..., PositionalScheme] = Learned1d,
     ):
         super().__init__()
-        check_vit_sizes(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                        embed_dim=embed_dim, depth=depth, num_heads=num_heads, pool=pool)
+        check_vit_sizes(
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            embed_dim=embed_dim,
+            depth=depth,
+            num_heads=num_heads,
+            pool=pool,
+        )
         self.img_size = pair(img_size)
         self.patch_size = patch_size
         self.pool = pool
@@ -79,7 +87,7 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(self.pos_embed.add_to_tokens(x, grid))
         hooks = self.pos_embed.attention_hooks(grid) or [None] * len(self.blocks)
-        for block, hook in zip(self.blocks, hooks):
+        for block, hook in zip(self.blocks, hooks, strict=True):
             x = block(x, hook)
         return x
 

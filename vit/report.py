@@ -77,7 +77,7 @@ def plot_similarity(runs: list[Run], path: Path) -> bool:
     if not panels:
         return False
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), squeeze=False)
-    for ax, (label, mosaic) in zip(axes[0], panels):
+    for ax, (label, mosaic) in zip(axes[0], panels, strict=True):
         ax.imshow(mosaic.numpy(), cmap="viridis", vmin=float(mosaic.nan_to_num(1.0).min()), vmax=1)
         ax.set_title(label, fontsize=9)
         ax.set_axis_off()
@@ -112,32 +112,43 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
         verdict = "more than twice the seed spread"
     tied = [r["label"] for r in ranked[1:] if r["final_acc1_mean"] == best["final_acc1_mean"]]
     if tied:
-        lines.append(f"At the training resolution {', '.join([best['label'], *tied])} tie at "
-                     f"{best['final_acc1_mean']:.2f}%.")
+        lines.append(
+            f"At the training resolution {', '.join([best['label'], *tied])} tie at {best['final_acc1_mean']:.2f}%."
+        )
     else:
-        lines.append(f"At the training resolution **{best['label']}** is best ({fmt(best, 'final_acc1')}%), "
-                     f"{gap:.2f} points ahead of {second['label']}: {verdict}.")
+        lines.append(
+            f"At the training resolution **{best['label']}** is best ({fmt(best, 'final_acc1')}%), "
+            f"{gap:.2f} points ahead of {second['label']}: {verdict}."
+        )
     none = [r for r in rows if r["label"].split()[0] == "none"]
     if none:
-        weakest = min((r for r in rows if r["label"].split()[0] != "none"), key=lambda r: r["final_acc1_mean"],
-                      default=None)
+        weakest = min(
+            (r for r in rows if r["label"].split()[0] != "none"), key=lambda r: r["final_acc1_mean"], default=None
+        )
         if weakest:
             gap = weakest["final_acc1_mean"] - none[0]["final_acc1_mean"]
-            lines.append(f"Without positions the model reaches {none[0]['final_acc1_mean']:.2f}%, "
-                         f"{abs(gap):.2f} points {'below' if gap >= 0 else 'above'} the weakest scheme with "
-                         f"positions ({weakest['label']}).")
+            lines.append(
+                f"Without positions the model reaches {none[0]['final_acc1_mean']:.2f}%, "
+                f"{abs(gap):.2f} points {'below' if gap >= 0 else 'above'} the weakest scheme with "
+                f"positions ({weakest['label']})."
+            )
     away = [k[:-5] for k in rows[0] if k.startswith("acc1_at_") and k.endswith("_mean")]
     if away:
         robust = max(rows, key=lambda r: statistics.fmean(r[f"{k}_mean"] for k in away))
-        lines.append(f"Away from the training size ({', '.join(k.split('_')[-1] for k in away)}) "
-                     f"**{robust['label']}** holds up best, averaging "
-                     f"{statistics.fmean(robust[f'{k}_mean'] for k in away):.2f}%.")
+        lines.append(
+            f"Away from the training size ({', '.join(k.split('_')[-1] for k in away)}) "
+            f"**{robust['label']}** holds up best, averaging "
+            f"{statistics.fmean(robust[f'{k}_mean'] for k in away):.2f}%."
+        )
     drops = {r["label"]: r["final_acc1_mean"] - r["shuffled_acc1_mean"] for r in rows if "shuffled_acc1_mean" in r}
     if drops:
         most = max(drops, key=drops.get)
-        lines.append(f"Shuffling the patches costs {most} the most ({drops[most]:.2f} points): the more a model "
-                     f"drops, the more it relies on where patches are. "
-                     + ", ".join(f"{k}: {v:.2f}" for k, v in drops.items()) + ".")
+        lines.append(
+            f"Shuffling the patches costs {most} the most ({drops[most]:.2f} points): the more a model "
+            f"drops, the more it relies on where patches are. "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in drops.items())
+            + "."
+        )
     return lines
 
 
@@ -149,20 +160,43 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
     plot_resolutions(runs, out / "resolutions.png")
     has_maps = plot_similarity(runs, out / "similarity.png")
 
-    sizes = sorted({k for r in summary for k in r if k.startswith("acc1_at_") and k.endswith("_mean")},
-                   key=lambda k: int(k.split("_")[2][:-2]))
-    header = ["scheme", "seeds", "final top-1", "best top-1", *[k.split("_")[2] for k in sizes],
-              "shuffled patches", "scheme params", "images/s"]
-    lines = [f"# Ablation `{name}`", "", f"Command: `{command}`", "",
-             "Mean ± standard deviation over seeds, accuracies in percent; resolutions are test "
-             "image sizes with no fine-tuning; \"shuffled patches\" permutes the patches of each "
-             "validation image.", "",
-             "| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    sizes = sorted(
+        {k for r in summary for k in r if k.startswith("acc1_at_") and k.endswith("_mean")},
+        key=lambda k: int(k.split("_")[2][:-2]),
+    )
+    header = [
+        "scheme",
+        "seeds",
+        "final top-1",
+        "best top-1",
+        *[k.split("_")[2] for k in sizes],
+        "shuffled patches",
+        "scheme params",
+        "images/s",
+    ]
+    lines = [
+        f"# Ablation `{name}`",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Mean ± standard deviation over seeds, accuracies in percent; resolutions are test "
+        'image sizes with no fine-tuning; "shuffled patches" permutes the patches of each '
+        "validation image.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + " --- |" * len(header),
+    ]
     for row in summary:
-        cells = [row["label"], str(row["seeds"]), fmt(row, "final_acc1"), fmt(row, "best_acc1"),
-                 *[fmt(row, k[:-5]) for k in sizes], fmt(row, "shuffled_acc1"),
-                 f"{row['scheme_params_mean']:,.0f}" if "scheme_params_mean" in row else "–",
-                 f"{row['images_per_sec_mean']:,.0f}" if "images_per_sec_mean" in row else "–"]
+        cells = [
+            row["label"],
+            str(row["seeds"]),
+            fmt(row, "final_acc1"),
+            fmt(row, "best_acc1"),
+            *[fmt(row, k[:-5]) for k in sizes],
+            fmt(row, "shuffled_acc1"),
+            f"{row['scheme_params_mean']:,.0f}" if "scheme_params_mean" in row else "–",
+            f"{row['images_per_sec_mean']:,.0f}" if "images_per_sec_mean" in row else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Reading", "", *[f"- {s}" for s in reading(summary, runs)], ""]
     failed = [r for r in runs if r.status != "finished"]
@@ -170,10 +204,20 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         lines += ["## Runs that did not finish", ""]
         lines += [f"- `{r.folder.name}`: {r.status}" + (f": {r.error}" if r.error else "") for r in failed]
         lines.append("")
-    lines += ["## Plots", "", "![validation accuracy](curves.png)", "", "![accuracy at other resolutions](resolutions.png)", ""]
+    lines += [
+        "## Plots",
+        "",
+        "![validation accuracy](curves.png)",
+        "",
+        "![accuracy at other resolutions](resolutions.png)",
+        "",
+    ]
     if has_maps:
         lines += ["![position similarity](similarity.png)", ""]
-    lines += ["Per-run numbers: `results.csv`; per-scheme: `summary.csv`. Curves of every run: "
-              f"`tensorboard --logdir {out}`.", ""]
+    lines += [
+        "Per-run numbers: `results.csv`; per-scheme: `summary.csv`. Curves of every run: "
+        f"`tensorboard --logdir {out}`.",
+        "",
+    ]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"

@@ -48,7 +48,10 @@ class RunLog:
         if not self.enabled:
             return
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        metrics = {"hparams/best_val_acc1": summary["best_val_acc1"], "hparams/final_val_acc1": summary["final_val_acc1"]}
+        metrics = {
+            "hparams/best_val_acc1": summary["best_val_acc1"],
+            "hparams/final_val_acc1": summary["final_val_acc1"],
+        }
         for s in hparams(flat_config(cfg), metrics):
             self.writer.file_writer.add_summary(s)
         self.scalars(metrics, step)

@@ -11,8 +11,14 @@ POOLS = ("cls", "gap")
 
 def check_vit_sizes(*, img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, pool) -> None:
     """Raise ValueError, in one line, for sizes no ViT can have."""
-    for name, value in dict(patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
-                            embed_dim=embed_dim, depth=depth, num_heads=num_heads).items():
+    for name, value in dict(
+        patch_size=patch_size,
+        in_chans=in_chans,
+        num_classes=num_classes,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+    ).items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if pool not in POOLS:

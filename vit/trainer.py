@@ -138,16 +138,21 @@ def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
             logits = net(normalize(images, mean, std))
         k = min(5, logits.shape[-1])
         hits = logits.topk(k, dim=-1).indices == labels[:, None]
-        totals[:3] += torch.stack([
-            F.cross_entropy(logits.float(), labels, reduction="sum"), hits[:, 0].sum(), hits.any(dim=-1).sum(),
-        ]).double()
+        totals[:3] += torch.stack(
+            [
+                F.cross_entropy(logits.float(), labels, reduction="sum"),
+                hits[:, 0].sum(),
+                hits.any(dim=-1).sum(),
+            ]
+        ).double()
         totals[3] += len(labels)  # a host number: no copy to the device, no sync per batch
     loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
     return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
 
 
-def train(cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None,
-          overrides: Sequence[str] = ()) -> dict:
+def train(
+    cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None, overrides: Sequence[str] = ()
+) -> dict:
     """Train as `cfg` (the composed train config) says, in `run_dir`. `choices` (Hydra's
     group choices, e.g. {"model/pos_embed": "rope_2d"}) and `overrides` (the command line's)
     are recorded in summary.json. Returns the summary, or {"stopped": signal} if a signal
@@ -195,7 +200,9 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
     std = torch.tensor(data.std, device=device)
     steps_per_epoch = len(train_batches)
     if steps_per_epoch == 0:
-        raise TrainingError(f"{train_batches.num_samples} training images make no batch of data.batch_size={data.batch_size}")
+        raise TrainingError(
+            f"{train_batches.num_samples} training images make no batch of data.batch_size={data.batch_size}"
+        )
     total_steps = tc.epochs * steps_per_epoch
 
     model = build_model(cfg).to(device)
@@ -212,8 +219,12 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         from timm.data import Mixup
         from timm.loss import SoftTargetCrossEntropy
 
-        mixup = Mixup(mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, label_smoothing=tc.label_smoothing,
-                      num_classes=data.num_classes)
+        mixup = Mixup(
+            mixup_alpha=data.mixup,
+            cutmix_alpha=data.cutmix,
+            label_smoothing=tc.label_smoothing,
+            num_classes=data.num_classes,
+        )
         criterion = SoftTargetCrossEntropy()
 
     def autocast():
@@ -256,8 +267,10 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     runlog = RunLog(run_dir, procs.is_main, step if step else None, epoch)
     params = sum(p.numel() for p in model.parameters())
-    log.info(f"{params:,} parameters, {steps_per_epoch} steps per epoch on {procs.world} x {device}, "
-             f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, run dir {run_dir}")
+    log.info(
+        f"{params:,} parameters, {steps_per_epoch} steps per epoch on {procs.world} x {device}, "
+        f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, run dir {run_dir}"
+    )
     show_bar = procs.is_main and sys.stderr.isatty()
     grid = model.grid_for(*model.img_size)
 
@@ -268,11 +281,18 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         else:
             rngs = [rng_state()]
         return {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "epoch": done_epochs, "batch_in_epoch": batch, "step": step, "best_val_acc1": best,
-            "elapsed_s": elapsed + time.time() - t_start, "partial": epoch_partial, "rng": rngs,
+            "epoch": done_epochs,
+            "batch_in_epoch": batch,
+            "step": step,
+            "best_val_acc1": best,
+            "elapsed_s": elapsed + time.time() - t_start,
+            "partial": epoch_partial,
+            "rng": rngs,
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
 
@@ -284,8 +304,14 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         train_batches.set_epoch(epoch, batch_in_epoch)
         loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
         window: list[torch.Tensor] = []
-        bar = tqdm(total=steps_per_epoch, initial=batch_in_epoch, desc=f"epoch {epoch + 1}/{tc.epochs}",
-                   disable=not show_bar, leave=False, dynamic_ncols=True)
+        bar = tqdm(
+            total=steps_per_epoch,
+            initial=batch_in_epoch,
+            desc=f"epoch {epoch + 1}/{tc.epochs}",
+            disable=not show_bar,
+            leave=False,
+            dynamic_ncols=True,
+        )
         t_train = time.time()
         waiting = WaitClock(prepared(train_batches), device)
         for x, targets in waiting:
@@ -328,9 +354,11 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
                 state = checkpoint_state(epoch, batch_in_epoch, epoch_partial)
                 if procs.is_main:
                     save_atomic(state, ckpt_dir / "last.pt")
-                    log.info(f"stopped by signal {stop.signum or 'on another rank'} at epoch {epoch + 1}, "
-                             f"step {step}; saved {ckpt_dir / 'last.pt'}; continue with "
-                             f"hydra.run.dir={run_dir} resume=auto")
+                    log.info(
+                        f"stopped by signal {stop.signum or 'on another rank'} at epoch {epoch + 1}, "
+                        f"step {step}; saved {ckpt_dir / 'last.pt'}; continue with "
+                        f"hydra.run.dir={run_dir} resume=auto"
+                    )
                 bar.close()
                 runlog.close()
                 return {"stopped": stop.signum or signal.SIGTERM}
@@ -344,8 +372,13 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         # the eager model: a compiled one would recompile for eval mode and the short last batch
         val = evaluate(model, val_batches, mean, std, autocast)
         record = {
-            "epoch": epoch + 1, "step": step, "train_loss": train_loss, "val_loss": val["loss"],
-            "val_acc1": val["acc1"], "val_acc5": val["acc5"], "lr": scheduler.get_last_lr()[0],
+            "epoch": epoch + 1,
+            "step": step,
+            "train_loss": train_loss,
+            "val_loss": val["loss"],
+            "val_acc1": val["acc1"],
+            "val_acc5": val["acc5"],
+            "lr": scheduler.get_last_lr()[0],
             "images_per_sec": steps_per_epoch * data.batch_size / train_s,
             "data_wait_frac": waiting.seconds / session_s,
         }
@@ -365,20 +398,28 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
                 save_atomic(state, ckpt_dir / "best.pt")
         runlog.epoch(record)
         history.append(record)
-        runlog.scalars({
-            "val/loss": record["val_loss"], "val/acc1": record["val_acc1"], "val/acc5": record["val_acc5"],
-            "train/images_per_sec": record["images_per_sec"], "train/data_wait_frac": record["data_wait_frac"],
-            "time/epoch_s": record["epoch_s"],
-            **({"val_ema/acc1": record["ema_val_acc1"]} if ema is not None else {}),
-        }, step)
+        runlog.scalars(
+            {
+                "val/loss": record["val_loss"],
+                "val/acc1": record["val_acc1"],
+                "val/acc5": record["val_acc5"],
+                "train/images_per_sec": record["images_per_sec"],
+                "train/data_wait_frac": record["data_wait_frac"],
+                "time/epoch_s": record["epoch_s"],
+                **({"val_ema/acc1": record["ema_val_acc1"]} if ema is not None else {}),
+            },
+            step,
+        )
         table = model.pos_embed.position_table(grid)
         if table is not None and procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
             from vit.viz import similarity_figure  # matplotlib, only for the schemes that have a table
 
             runlog.figure("pos_embed/similarity", similarity_figure(table, grid), step)
-        log.info(f"epoch {epoch}/{tc.epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
-                 f"acc1 {val['acc1']:.2f}  acc5 {val['acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
-                 f"{record['epoch_s']:.1f}s")
+        log.info(
+            f"epoch {epoch}/{tc.epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
+            f"acc1 {val['acc1']:.2f}  acc5 {val['acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
+            f"{record['epoch_s']:.1f}s"
+        )
 
     # --- the end -----------------------------------------------------------------------------
     if not procs.is_main:
@@ -399,15 +440,18 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         # without Hydra's choices (called from Python), the scheme's module: rope_2d.py for rope_2d
         "pos_embed": choices.get("model/pos_embed") or cfg.model.pos_embed._target_.split(".")[-2],
         "overrides": overrides,
-        "device": str(device), "world_size": procs.world,
+        "device": str(device),
+        "world_size": procs.world,
     }
     if ema is not None:
         summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in history)
         summary["final_ema_val_acc1"] = history[-1]["ema_val_acc1"]
     runlog.finish(summary, cfg, step)
     runlog.close()
-    log.info(f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
-             f"{summary['wall_time_s']:.0f}s; {run_dir}")
+    log.info(
+        f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
+        f"{summary['wall_time_s']:.0f}s; {run_dir}"
+    )
     return summary
 
 
@@ -422,4 +466,6 @@ def check_same_model(saved: dict, cfg: DictConfig) -> None:
         old, new = saved.get(group, {}), current[group]
         for key in keys or sorted(set(old) | set(new)):
             if key not in TRAINING_ONLY and old.get(key) != new.get(key):
-                raise CheckpointError(f"the checkpoint was trained with {group}.{key}={old.get(key)}, this run has {new.get(key)}")
+                raise CheckpointError(
+                    f"the checkpoint was trained with {group}.{key}={old.get(key)}, this run has {new.get(key)}"
+                )

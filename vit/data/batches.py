@@ -32,7 +32,13 @@ class ShardedBatches:
     """
 
     def __init__(
-        self, num_samples: int, global_batch: int, rank: int, world: int, seed: int, train: bool = True,
+        self,
+        num_samples: int,
+        global_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        train: bool = True,
         device: torch.device | str = "cpu",
     ):
         if global_batch % world:

@@ -30,12 +30,16 @@ class Cifar(InMemoryData):
         if self.verify_checksums:
             return base
         # same parser, without the md5 check of each file (for re-packed or generated archives)
-        return type(base.__name__, (base,), {
-            "train_list": [[f, None] for f, _ in base.train_list],
-            "test_list": [[f, None] for f, _ in base.test_list],
-            "meta": {**base.meta, "md5": None},
-            "tgz_md5": None,
-        })
+        return type(
+            base.__name__,
+            (base,),
+            {
+                "train_list": [[f, None] for f, _ in base.train_list],
+                "test_list": [[f, None] for f, _ in base.test_list],
+                "meta": {**base.meta, "md5": None},
+                "tgz_md5": None,
+            },
+        )
 
     def load(self, train: bool) -> Split:
         cls = self.dataset_class()

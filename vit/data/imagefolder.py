@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from vit.data.batches import ShardedBatches
 from vit.data import DataError
+from vit.data.batches import ShardedBatches
 from vit.data.source import DataSource
 
 POLICIES = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
@@ -44,15 +44,21 @@ class ImageFolderData(DataSource):
         augment += [v2.RandomHorizontalFlip()] if flip else []
         augment += [POLICIES[policy]()] if POLICIES[policy] else []
         self.train_transform = v2.Compose([v2.ToImage(), *augment, v2.ToDtype(torch.uint8, scale=True)])
-        self.val_transform = v2.Compose([
-            v2.ToImage(), v2.Resize(round(size / crop_pct), antialias=True), v2.CenterCrop(size),
-            v2.ToDtype(torch.uint8, scale=True),
-        ])
+        self.val_transform = v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(round(size / crop_pct), antialias=True),
+                v2.CenterCrop(size),
+                v2.ToDtype(torch.uint8, scale=True),
+            ]
+        )
 
     def folder(self, split: str, class_names: list[str] | None = None) -> datasets.ImageFolder:
         path = self.root / split
         if not path.is_dir():
-            raise DataError(f"{self.name}: no folder {path.resolve()} (expected {split}/<class>/<image> under data.root)")
+            raise DataError(
+                f"{self.name}: no folder {path.resolve()} (expected {split}/<class>/<image> under data.root)"
+            )
 
         def select(names: list[str]) -> list[str]:
             if class_names is not None:
@@ -79,11 +85,18 @@ class ImageFolderData(DataSource):
         val = self.folder("val", train.classes)  # the same label for the same class name
         # its own generator: the DataLoader draws a worker seed per epoch, which must not come
         # from (and shift) the training loop's stream, or a resumed run would drift
-        common = dict(num_workers=self.num_workers, pin_memory=device.type == "cuda",
-                      persistent_workers=self.num_workers > 0, generator=torch.Generator().manual_seed(seed))
+        common = dict(
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(seed),
+        )
         make = lambda ds, train_: DeviceLoader(  # noqa: E731
-            DataLoader(ds, batch_sampler=SeededBatches(ShardedBatches(len(ds), self.batch_size, rank, world, seed, train_)),
-                       **common),
+            DataLoader(
+                ds,
+                batch_sampler=SeededBatches(ShardedBatches(len(ds), self.batch_size, rank, world, seed, train_)),
+                **common,
+            ),
             device,
         )
         return make(train, True), make(val, False)

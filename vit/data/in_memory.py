@@ -41,7 +41,9 @@ class InMemoryData(DataSource):
     def loaders(self, device: torch.device, rank: int, world: int, seed: int):
         train, val = self.splits()
         augment = self.crop_padding > 0 or self.flip or self.policy != "none"
-        batches = partial(ShardedBatches, global_batch=self.batch_size, rank=rank, world=world, seed=seed, device=device)
+        batches = partial(
+            ShardedBatches, global_batch=self.batch_size, rank=rank, world=world, seed=seed, device=device
+        )
         return (
             TensorBatches(train, device, batches(len(train.labels)), self if augment else None),
             TensorBatches(val, device, batches(len(val.labels), train=False)),
@@ -51,7 +53,9 @@ class InMemoryData(DataSource):
 class TensorBatches:
     """Batches (uint8 images, labels) on the device, augmented there for training."""
 
-    def __init__(self, split: Split, device: torch.device, sampler: ShardedBatches, augment: InMemoryData | None = None):
+    def __init__(
+        self, split: Split, device: torch.device, sampler: ShardedBatches, augment: InMemoryData | None = None
+    ):
         self.images, self.labels = split.images.to(device), split.labels.to(device)
         self.sampler, self.augment, self.device = sampler, augment, device
 

@@ -24,7 +24,10 @@ class PositionProbe(InMemoryData):
     def __init__(self, *, cell: int = 4, num_train: int = 4096, num_val: int = 1024, split_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if cell < 3 or self.img_size % cell or self.img_size // cell < 2:
-            raise ValueError(f"data: the probe needs cells of at least 3 px that tile img_size {self.img_size} at least 2x2, got cell {cell}")
+            raise ValueError(
+                f"data: the probe needs cells of at least 3 px that tile img_size {self.img_size} at least 2x2, "
+                f"got cell {cell}"
+            )
         self.cell, self.num_train, self.num_val, self.split_seed = cell, num_train, num_val, split_seed
 
     def splits(self) -> tuple[Split, Split]:

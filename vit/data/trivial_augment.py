@@ -68,7 +68,7 @@ def draw(generator: torch.Generator, global_batch: int, offset: int, local: int)
     negate = torch.rand(global_batch, device=device, generator=generator) < 0.5
     host = torch.Generator().manual_seed(generator.initial_seed() + 1)
     bins = torch.randint(0, BINS, (len(OPERATIONS),), generator=host).tolist()
-    magnitudes = {name: magnitude(b) for (name, (magnitude, _, _)), b in zip(OPERATIONS.items(), bins)}
+    magnitudes = {name: magnitude(b) for (name, (magnitude, _, _)), b in zip(OPERATIONS.items(), bins, strict=True)}
     return choice[offset : offset + local], negate[offset : offset + local], magnitudes
 
 

@@ -24,7 +24,7 @@ is there (1) or not (0, average pooling). Each scheme documents what it does to 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn

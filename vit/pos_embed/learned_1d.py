@@ -38,9 +38,7 @@ class Learned1d(PositionalScheme):
         if incoming is not None and incoming.shape != self.table.shape:
             side = math.isqrt(incoming.shape[1] - self.num_prefix_tokens)
             if side * side + self.num_prefix_tokens == incoming.shape[1]:
-                state_dict[key] = resample_table(
-                    incoming, (side, side), self.grid_size, self.num_prefix_tokens
-                )
+                state_dict[key] = resample_table(incoming, (side, side), self.grid_size, self.num_prefix_tokens)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 

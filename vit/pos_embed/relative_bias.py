@@ -27,9 +27,7 @@ class RelativeBias(PositionalScheme):
         gh, gw = self.grid_size
         self.offset_table = nn.Parameter(torch.zeros(self.depth, self.num_heads, 2 * gh - 1, 2 * gw - 1))
         self.class_table = (
-            nn.Parameter(torch.zeros(self.depth, self.num_heads, NUM_CLASS_ENTRIES))
-            if self.num_prefix_tokens
-            else None
+            nn.Parameter(torch.zeros(self.depth, self.num_heads, NUM_CLASS_ENTRIES)) if self.num_prefix_tokens else None
         )
         self.register_buffer("cached_index", self.index(self.grid_size), persistent=False)
 

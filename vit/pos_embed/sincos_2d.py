@@ -29,9 +29,7 @@ class SinCos2d(PositionalScheme):
         quarter = self.dim // 4
         omega = self.temperature ** -(torch.arange(quarter, device=device) / quarter)
         angles = grid_coords(grid, device)[:, :, None] * omega  # (N, 2, F): row, col
-        pe = torch.cat(
-            [angles[:, 0].sin(), angles[:, 0].cos(), angles[:, 1].sin(), angles[:, 1].cos()], -1
-        )
+        pe = torch.cat([angles[:, 0].sin(), angles[:, 0].cos(), angles[:, 1].sin(), angles[:, 1].cos()], -1)
         return torch.cat([pe.new_zeros(self.num_prefix_tokens, self.dim), pe])
 
     def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
