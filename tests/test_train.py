@@ -5,6 +5,7 @@ is about the command line starts `scripts/train.py`: exit codes and one-line err
 SIGTERM, torchrun.
 """
 
+import errno
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_files import make_cifar10_archive, make_class_folders
 from runs import TINY, metrics, one_error_line, script, train, train_command
+from vit import checkpoint
 from vit.checkpoint import CheckpointError, load_checkpoint
 from vit.cli import ConfigError
 from vit.data import DataError
@@ -414,3 +416,67 @@ def test_wait_clock_counts_only_the_wait_for_batches(device, monkeypatch):
     for _ in clock:
         time.sleep(0.1)  # the step itself is not waiting
     assert 0.15 <= clock.seconds < 0.25
+
+
+class FillsTheDisk:
+    """A file whose writes fail with ENOSPC once `room` bytes are written: a full disk."""
+
+    def __init__(self, path, mode, room):
+        self.file, self.room = open(path, mode), room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_loses_nothing(tmp_path, monkeypatch):
+    args = [*PROBE, "trainer.epochs=3"]
+    full = tmp_path / "full"
+    train(full, *args)
+
+    run = tmp_path / "run"
+    saves = []
+
+    def open_on_a_filling_disk(path, mode="r", *rest, **kwargs):
+        if "w" in mode and str(path).endswith("last.pt.tmp"):
+            saves.append(path)
+            if len(saves) == 2:  # the second epoch's last.pt meets a full disk
+                return FillsTheDisk(path, mode, room=10_000)
+        return open(path, mode, *rest, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", open_on_a_filling_disk, raising=False)
+    with pytest.raises(CheckpointError) as error:
+        train(run, *args)
+    message = str(error.value)
+    assert len(message.splitlines()) == 1 and "the disk is full" in message and str(run / "checkpoints") in message
+    assert not list(run.glob("checkpoints/*.tmp"))  # no partial file left filling the disk
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1  # the previous checkpoint, intact
+
+    monkeypatch.undo()  # room again: the run goes on where it stood
+    train(run, *args, "resume=auto")
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(run / "checkpoints" / "last.pt")
+    assert all(torch.equal(t, b["model"][k]) for k, t in a["model"].items())
+
+
+def test_a_failed_write_of_another_kind_keeps_its_error_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in serialisation")
+
+    monkeypatch.setattr(checkpoint.torch, "save", broken)
+    (tmp_path / "last.pt").write_bytes(b"previous")
+    with pytest.raises(RuntimeError, match="a bug in serialisation"):
+        checkpoint.save_atomic({"x": 1}, tmp_path / "last.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    assert (tmp_path / "last.pt").read_bytes() == b"previous"

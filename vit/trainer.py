@@ -392,10 +392,10 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         best = max(best, record["val_acc1"])
 
         state = checkpoint_state(epoch, 0, partial)
-        if procs.is_main:
-            save_atomic(state, ckpt_dir / "last.pt")
+        if procs.is_main:  # best first: should last.pt then fail, a resume redoes this epoch, logged once
             if is_best:
                 save_atomic(state, ckpt_dir / "best.pt")
+            save_atomic(state, ckpt_dir / "last.pt")
         runlog.epoch(record)
         history.append(record)
         runlog.scalars(
