@@ -1,7 +1,9 @@
 """Describe the model a config builds: its parts, parameters and FLOPs. Writes no files.
 
-python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
-python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
+    python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
+    python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
+
+It takes the same overrides as scripts/train.py.
 """
 
 import hydra

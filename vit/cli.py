@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vit.distributed import launch_time
-from vit.sizes import check_vit_sizes
+from vit.sizes import SIZE_KEYS, check_vit_sizes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -81,17 +81,7 @@ def check_config(cfg: DictConfig) -> None:
     Raises ConfigError (one line). What needs the libraries (a scheme's own constraint,
     the data) is checked when it is built."""
     try:
-        m = cfg.model
-        check_vit_sizes(
-            img_size=m.img_size,
-            patch_size=m.patch_size,
-            in_chans=m.in_chans,
-            num_classes=m.num_classes,
-            embed_dim=m.embed_dim,
-            depth=m.depth,
-            num_heads=m.num_heads,
-            pool=m.pool,
-        )
+        check_vit_sizes(**{key: cfg.model[key] for key in SIZE_KEYS})
     except ValueError as e:
         raise ConfigError(f"model: {e}") from None
     except OmegaConfBaseException as e:

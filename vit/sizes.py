@@ -7,6 +7,8 @@ config with it before they import torch, so a bad value is answered at once.
 from __future__ import annotations
 
 POOLS = ("cls", "gap")
+# the model's arguments that check_vit_sizes checks, as named in configs/model/
+SIZE_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "pool")
 
 
 def check_vit_sizes(*, img_size, patch_size, in_chans, num_classes, embed_dim, depth, num_heads, pool) -> None:
