@@ -17,8 +17,8 @@ from pathlib import Path
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from vit.ablation import collect, run_sweep
 from vit.cli import ConfigError, check_config, compose, fail
+from vit.studies.ablation import collect, run_sweep
 
 OWN = ("ablation", "device", "out_dir")
 
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> int:
     code = run_sweep(ablation, out, extra)
     import torch
 
-    from vit.report import write_report
+    from vit.studies.report import write_report
 
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     runs = collect(ablation, out, "cpu" if device == "auto" else device)

@@ -21,19 +21,20 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from vit.cli import CONFIGS, ConfigError, check_config, exit_on, instantiate_group, options
+from vit import registry
+from vit.cli import ConfigError, check_config, exit_on, instantiate_group
 
 
 def ours(cfg: DictConfig, scheme: str, patch_embed: str):
     """Our model as configured, with another scheme or patch embedding swapped in."""
     swapped = OmegaConf.to_container(cfg.model, resolve=True)
     for group, option in (("pos_embed", scheme), ("patch_embed", patch_embed)):
-        swapped[group] = OmegaConf.to_container(OmegaConf.load(CONFIGS / "model" / group / f"{option}.yaml"))
+        swapped[group] = OmegaConf.to_container(OmegaConf.load(registry.CONFIGS / "model" / group / f"{option}.yaml"))
     return partial(instantiate_group, OmegaConf.create({"model": swapped}), "model")
 
 
 def variants(cfg: DictConfig, compiled_options: list[bool]) -> list:
-    from vit.benchmark import Variant, timm_equivalent
+    from vit.studies.benchmark import Variant, timm_equivalent
 
     choices = HydraConfig.get().runtime.choices
     scheme, patch = choices["model/pos_embed"], choices["model/patch_embed"]
@@ -45,12 +46,12 @@ def variants(cfg: DictConfig, compiled_options: list[bool]) -> list:
         if cfg.benchmark.compare:
             out += [
                 Variant(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv", compiled)
-                for s in options("model/pos_embed")
+                for s in registry.schemes()
                 if s != "learned_1d"
             ]
             out += [
                 Variant(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p, compiled)
-                for p in options("model/patch_embed")
+                for p in registry.patch_embeds()
                 if p != "conv"
             ]
         elif (scheme, patch) != ("learned_1d", "conv"):
@@ -63,8 +64,8 @@ def main(cfg: DictConfig) -> None:
     exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
     import torch
 
-    from vit.benchmark import markdown, results, run
-    from vit.trainer import TrainingError, choose_device, choose_precision
+    from vit.studies.benchmark import markdown, results, run
+    from vit.training.trainer import TrainingError, choose_device, choose_precision
 
     b = cfg.benchmark
     device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))

@@ -18,7 +18,7 @@ def main(cfg: DictConfig) -> None:
     exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
     import torch
 
-    from vit.benchmark import forward_flops
+    from vit.studies.benchmark import forward_flops
 
     model = exit_on({ConfigError: 2}, lambda: build_model(cfg))
     choices = HydraConfig.get().runtime.choices

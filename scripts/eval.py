@@ -18,9 +18,9 @@ from vit.cli import fail
 def main(cfg: DictConfig) -> None:
     import torch  # after Hydra has composed: a bad override is answered at once
 
-    from vit.checkpoint import CheckpointError
-    from vit.data import DataError
-    from vit.evaluation import evaluate_checkpoint
+    from vit.studies.evaluation import evaluate_checkpoint
+    from vit.training.checkpoint import CheckpointError
+    from vit.training.data import DataError
 
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
     device = "cpu" if device == "auto" else device

@@ -19,8 +19,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vit import distributed
 from vit.cli import ConfigError, check_config, fail
+from vit.training import distributed
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
@@ -35,9 +35,9 @@ def main(cfg: DictConfig) -> float | None:
             raise
         fail(str(e))
 
-    from vit.checkpoint import CheckpointError
-    from vit.data import DataError
-    from vit.trainer import TrainingError, train
+    from vit.training.checkpoint import CheckpointError
+    from vit.training.data import DataError
+    from vit.training.trainer import TrainingError, train
 
     exit_codes = {ConfigError: 2, TrainingError: 1, CheckpointError: 1, DataError: 1, OSError: 1}
     try:

@@ -10,24 +10,12 @@ if _WORKERS > 1:
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from vit import VisionTransformer  # noqa: E402
-from vit.patch_embed.conv import ConvPatchEmbed  # noqa: E402
-from vit.patch_embed.conv_stem import ConvStemPatchEmbed  # noqa: E402
-from vit.patch_embed.linear import LinearPatchEmbed  # noqa: E402
-from vit.pos_embed.learned_1d import Learned1d  # noqa: E402
-from vit.pos_embed.none import NoPosition  # noqa: E402
-from vit.pos_embed.relative_bias import RelativeBias  # noqa: E402
-from vit.pos_embed.rope_2d import Rope2d  # noqa: E402
-from vit.pos_embed.sincos_2d import SinCos2d  # noqa: E402
+from vit import VisionTransformer, registry  # noqa: E402
 
-PATCH_EMBEDS = {"conv": ConvPatchEmbed, "linear": LinearPatchEmbed, "conv_stem": ConvStemPatchEmbed}
-SCHEMES = {
-    "none": NoPosition,
-    "learned_1d": Learned1d,
-    "sincos_2d": SinCos2d,
-    "relative_bias": RelativeBias,
-    "rope_2d": Rope2d,
-}
+# every test list of components comes from the registry (the configs), with each config's
+# own arguments bound: a new scheme is tested by adding its file and its config
+PATCH_EMBEDS = {name: registry.component("model/patch_embed", name) for name in registry.patch_embeds()}
+SCHEMES = {name: registry.component("model/pos_embed", name) for name in registry.schemes()}
 POOLS = ("cls", "gap")
 
 

@@ -18,7 +18,7 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.drop_
 
 def train(run_dir: Path, *overrides: str) -> dict:
     """`python scripts/train.py hydra.run.dir=RUN_DIR OVERRIDES`, in this process."""
-    from vit.trainer import train as train_run
+    from vit.training.trainer import train as train_run
 
     cfg = compose("train", overrides, hydra_node=True)
     choices, task = dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from runs import train
-from vit.ablation import folder_name, grid_of, grid_points, run_sweep
 from vit.cli import compose
+from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

@@ -9,8 +9,8 @@ import torch
 
 from conftest import POOLS, SCHEMES, tiny_vit
 from runs import script
-from vit.benchmark import Variant, forward_flops, results, run
-from vit.cli import options
+from vit import registry
+from vit.studies.benchmark import Variant, forward_flops, results, run
 
 
 def vit_matmul_flops(
@@ -97,8 +97,8 @@ def test_benchmark_script_table_and_json(tmp_path):
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
     expected = {"ours learned_1d conv", "timm learned_1d conv"}
-    expected |= {f"ours {s} conv" for s in options("model/pos_embed")}
-    expected |= {f"ours learned_1d {p}" for p in options("model/patch_embed")}
+    expected |= {f"ours {s} conv" for s in registry.schemes()}
+    expected |= {f"ours learned_1d {p}" for p in registry.patch_embeds()}
     assert set(rows) == expected
     reference = rows["ours learned_1d conv"]
     assert reference["train_step_cost_vs_ours_learned_1d"] == 1.0

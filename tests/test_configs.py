@@ -10,8 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from vit import VisionTransformer
-from vit.cli import ConfigError, build_model, check_config, options
+from vit import VisionTransformer, registry
+from vit.cli import ConfigError, build_model, check_config
+from vit.registry import options
+from vit.studies.ablation import grid_of
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -26,8 +28,9 @@ def compose_train(overrides):
 
 
 def test_every_group_has_its_options():
-    assert options("model/pos_embed") == ["learned_1d", "none", "relative_bias", "rope_2d", "sincos_2d"]
-    assert options("model/patch_embed") == ["conv", "conv_stem", "linear"]
+    assert {"none", "learned_1d", "sincos_2d", "relative_bias", "rope_2d"} <= set(registry.schemes())
+    assert registry.schemes()[:2] == ["none", "learned_1d"]  # the baselines the report compares with
+    assert {"conv", "conv_stem", "linear"} <= set(registry.patch_embeds())
     assert {"vit_cifar", "vit_tiny", "vit_small", "vit_base"} <= set(options("model"))
 
 
@@ -58,7 +61,7 @@ def test_every_experiment_composes_and_builds(experiment):
 def test_every_ablation_composes_into_runnable_training_overrides(ablation):
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("ablate", overrides=[f"ablation={ablation}"])
-    assert cfg.ablation.name == ablation and set(cfg.ablation.schemes) <= set(options("model/pos_embed"))
+    assert cfg.ablation.name == ablation and set(grid_of(cfg.ablation)["model/pos_embed"]) <= set(registry.schemes())
     model = build_model(compose_train([*cfg.ablation.train, "model.depth=1"]))  # the shared overrides compose
     assert isinstance(model, VisionTransformer)
 

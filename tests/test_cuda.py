@@ -15,9 +15,9 @@ import torch
 
 from conftest import CUDA
 from data_files import make_cifar10_archive
-from vit.checkpoint import load_checkpoint
-from vit.evaluation import evaluate_checkpoint
-from vit.trainer import WaitClock
+from vit.studies.evaluation import evaluate_checkpoint
+from vit.training.checkpoint import load_checkpoint
+from vit.training.trainer import WaitClock
 
 pytestmark = CUDA
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,14 +5,14 @@ import torch
 
 from conftest import DEVICES
 from data_files import make_cifar10_archive, make_class_folders
-from vit.data import DataError
-from vit.data.augment import batch_generator, random_crop_flip
-from vit.data.batches import ShardedBatches, epoch_order
-from vit.data.cifar import Cifar
-from vit.data.digits import Digits
-from vit.data.imagefolder import ImageFolderData
-from vit.data.probe import PLUS, SQUARE, PositionProbe
-from vit.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
+from vit.training.data import DataError
+from vit.training.data.augment import batch_generator, random_crop_flip
+from vit.training.data.batches import ShardedBatches, epoch_order
+from vit.training.data.cifar import Cifar
+from vit.training.data.digits import Digits
+from vit.training.data.imagefolder import ImageFolderData
+from vit.training.data.probe import PLUS, SQUARE, PositionProbe
+from vit.training.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
 
 GREY = dict(in_chans=1, mean=[0.5], std=[0.5])
 

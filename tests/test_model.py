@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from conftest import ALL_COMBINATIONS, PATCH_EMBEDS, POOLS, SCHEMES, perturb_, tiny_vit
-from vit.evaluation import shuffle_patches
+from vit.studies.evaluation import shuffle_patches
 
 
 @pytest.mark.parametrize("patch_embed,pool,scheme", ALL_COMBINATIONS)

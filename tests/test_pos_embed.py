@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from conftest import tiny_vit
-from vit.pos_embed.learned_1d import Learned1d
-from vit.pos_embed.relative_bias import RelativeBias
-from vit.pos_embed.rope_2d import Rope2d, rotate
-from vit.pos_embed.sincos_2d import SinCos2d
+from vit.model.pos_embed.learned_1d import Learned1d
+from vit.model.pos_embed.relative_bias import RelativeBias
+from vit.model.pos_embed.rope_2d import Rope2d, rotate
+from vit.model.pos_embed.sincos_2d import SinCos2d
 
 
 def scheme(cls, grid=(3, 4), prefix=1, dim=32, heads=2, depth=2, **kwargs):

@@ -20,11 +20,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_files import make_cifar10_archive, make_class_folders
 from runs import TINY, metrics, one_error_line, script, train, train_command
-from vit import checkpoint
-from vit.checkpoint import CheckpointError, load_checkpoint
 from vit.cli import ConfigError
-from vit.data import DataError
-from vit.trainer import TrainingError
+from vit.training import checkpoint
+from vit.training.checkpoint import CheckpointError, load_checkpoint
+from vit.training.data import DataError
+from vit.training.trainer import TrainingError
 
 PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", "trainer.epochs=1", *TINY]
 
@@ -89,7 +89,7 @@ def test_probe_run(tmp_path):
 def test_training_from_python_without_hydras_run_state(tmp_path):
     # the README's "From Python": a composed config and a folder, nothing else
     from vit.cli import compose
-    from vit.trainer import train as train_run
+    from vit.training.trainer import train as train_run
 
     summary = train_run(compose("train", [*PROBE, "model/pos_embed=rope_2d"]), str(tmp_path / "run"))
     assert summary["pos_embed"] == "rope_2d" and summary["overrides"] == []
@@ -403,7 +403,7 @@ class HostEvent:
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_wait_clock_counts_only_the_wait_for_batches(device, monkeypatch):
-    from vit.trainer import WaitClock
+    from vit.training.trainer import WaitClock
 
     monkeypatch.setattr(torch.cuda, "Event", HostEvent)
 

@@ -2,8 +2,8 @@ import math
 
 import torch
 
-from vit.pos_embed.sincos_2d import SinCos2d
-from vit.viz import similarity_figure, similarity_mosaic
+from vit.model.pos_embed.sincos_2d import SinCos2d
+from vit.studies.figures import similarity_figure, similarity_mosaic
 
 
 def test_similarity_mosaic_puts_each_positions_map_in_its_tile():

@@ -7,7 +7,7 @@ imported on first use, so that the scripts' light modules (`vit.cli`) start at o
 from importlib import import_module
 
 __all__ = ["VisionTransformer", "load_timm_weights"]
-_WHERE = {"VisionTransformer": "vit.model", "load_timm_weights": "vit.timm_weights"}
+_WHERE = {"VisionTransformer": "vit.model.vision_transformer", "load_timm_weights": "vit.model.timm_weights"}
 
 
 def __getattr__(name: str):

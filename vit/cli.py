@@ -17,13 +17,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from vit.distributed import launch_time
-from vit.sizes import SIZE_KEYS, check_vit_sizes
+from vit.model.sizes import SIZE_KEYS, check_vit_sizes
+from vit.registry import CONFIGS
+from vit.training.distributed import launch_time
 
 if TYPE_CHECKING:
     from torch import nn
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
@@ -32,11 +32,6 @@ OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 OmegaConf.register_new_resolver(
     "path_safe", lambda s: s.replace("/", ".").replace("=", "-").replace(",", "__"), replace=True
 )
-
-
-def options(group: str) -> list[str]:
-    """The options of a config group, e.g. options("model/pos_embed"): the one list of schemes."""
-    return sorted(path.stem for path in (CONFIGS / group).glob("*.yaml"))
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

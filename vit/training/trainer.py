@@ -29,12 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vit import distributed
-from vit.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
 from vit.cli import build_model, check_precision, instantiate_group
-from vit.data.augment import normalize
-from vit.optim import build_optimizer, warmup_cosine
-from vit.run_log import RunLog
+from vit.training import distributed
+from vit.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from vit.training.data.augment import normalize
+from vit.training.optim import build_optimizer, warmup_cosine
+from vit.training.run_log import RunLog
 
 log = logging.getLogger("vit")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -412,7 +412,7 @@ def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop:
         )
         table = model.pos_embed.position_table(grid)
         if table is not None and procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
-            from vit.viz import similarity_figure  # matplotlib, only for the schemes that have a table
+            from vit.studies.figures import similarity_figure  # matplotlib, only for the schemes that have a table
 
             runlog.figure("pos_embed/similarity", similarity_figure(table, grid), step)
         log.info(

@@ -18,7 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+from vit import registry
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -59,8 +61,10 @@ def folder_name(point: dict[str, str]) -> str:
 
 
 def grid_of(cfg: DictConfig) -> dict[str, list]:
-    """{override key: values}: the schemes, then any other varied key, then the seeds."""
-    return {"model/pos_embed": list(cfg.schemes), **{k: list(v) for k, v in cfg.vary.items()}, "seed": list(cfg.seeds)}
+    """{override key: values}: the schemes (`all`: every one in the registry), then any other
+    varied key, then the seeds."""
+    schemes = registry.schemes() if cfg.schemes == "all" else list(cfg.schemes)
+    return {"model/pos_embed": schemes, **{k: list(v) for k, v in cfg.vary.items()}, "seed": list(cfg.seeds)}
 
 
 def grid_points(grid: dict[str, list]) -> list[dict[str, str]]:
@@ -113,7 +117,7 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str]) -> int:
 def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
     """Every grid point with its status, summary, per-epoch history and evaluation
     (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated)."""
-    from vit.evaluation import evaluate_checkpoint  # torch, only once there is something to evaluate
+    from vit.studies.evaluation import evaluate_checkpoint  # torch, only once there is something to evaluate
 
     runs = []
     for point in grid_points(grid_of(cfg)):

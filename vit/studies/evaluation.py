@@ -18,8 +18,8 @@ from einops import rearrange
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from vit.checkpoint import load_checkpoint
-from vit.data.augment import normalize
+from vit.training.checkpoint import load_checkpoint
+from vit.training.data.augment import normalize
 
 RESOLUTION_FACTORS = (0.75, 1.25, 1.5, 2.0)
 

@@ -64,7 +64,28 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path} is not a checkpoint this trainer can read: {reason}") from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise CheckpointError(f"{path} is not a training checkpoint (it lacks {', '.join(REQUIRED)})")
+    state["config"] = _moved_targets(state["config"])
     return state
+
+
+# modules that moved when the package was grouped into model/, training/ and studies/:
+# a checkpoint saved before names its classes by the old paths
+MOVED = {
+    "vit.model.VisionTransformer": "vit.model.vision_transformer.VisionTransformer",
+    "vit.pos_embed.": "vit.model.pos_embed.",
+    "vit.patch_embed.": "vit.model.patch_embed.",
+    "vit.data.": "vit.training.data.",
+}
+
+
+def _moved_targets(node):
+    if isinstance(node, dict):
+        return {key: _moved_targets(value) for key, value in node.items()}
+    if isinstance(node, str):
+        for old, new in MOVED.items():
+            if node.startswith(old):
+                return new + node[len(old) :]
+    return node
 
 
 def rng_state() -> dict:

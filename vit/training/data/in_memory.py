@@ -12,10 +12,10 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from vit.data.augment import batch_generator, random_crop_flip
-from vit.data.batches import ShardedBatches
-from vit.data.source import DataSource
-from vit.data.trivial_augment import draw, trivial_augment
+from vit.training.data.augment import batch_generator, random_crop_flip
+from vit.training.data.batches import ShardedBatches
+from vit.training.data.source import DataSource
+from vit.training.data.trivial_augment import draw, trivial_augment
 
 
 @dataclass

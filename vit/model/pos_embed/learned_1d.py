@@ -13,7 +13,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vit.pos_embed.base import PositionalScheme, resample_grid_table
+from vit.model.pos_embed.base import PositionalScheme, resample_grid_table
 
 
 class Learned1d(PositionalScheme):

@@ -17,11 +17,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from vit.block import Block
-from vit.patch_embed.conv import ConvPatchEmbed
-from vit.pos_embed.base import PositionalScheme
-from vit.pos_embed.learned_1d import Learned1d
-from vit.sizes import check_vit_sizes, grid_for, pair
+from vit.model.block import Block
+from vit.model.patch_embed.conv import ConvPatchEmbed
+from vit.model.pos_embed.base import PositionalScheme
+from vit.model.pos_embed.learned_1d import Learned1d
+from vit.model.sizes import check_vit_sizes, grid_for, pair
 
 
 class VisionTransformer(nn.Module):

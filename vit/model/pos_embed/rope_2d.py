@@ -15,7 +15,7 @@ so a larger grid extrapolates to new offsets rather than squeezing the old ones)
 import torch
 from torch import Tensor
 
-from vit.pos_embed.base import AttentionHook, PositionalScheme, grid_coords
+from vit.model.pos_embed.base import AttentionHook, PositionalScheme, grid_coords
 
 
 class Rope2d(PositionalScheme):

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
-from vit.data import DataError
-from vit.data.in_memory import InMemoryData, Split
+from vit.training.data import DataError
+from vit.training.data.in_memory import InMemoryData, Split
 
 DATASETS = {"cifar10": datasets.CIFAR10, "cifar100": datasets.CIFAR100}
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vit.data import DataError
+from vit.training.data import DataError
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:

@@ -16,7 +16,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from vit.pos_embed.base import AttentionHook, PositionalScheme, resample_grid_table
+from vit.model.pos_embed.base import AttentionHook, PositionalScheme, resample_grid_table
 
 NUM_CLASS_ENTRIES = 3  # class->patch, patch->class, class->class
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vit.data.in_memory import InMemoryData, Split
+from vit.training.data.in_memory import InMemoryData, Split
 
 
 class Digits(InMemoryData):

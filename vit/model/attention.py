@@ -4,7 +4,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from vit.pos_embed.base import AttentionHook
+from vit.model.pos_embed.base import AttentionHook
 
 
 class Attention(nn.Module):

@@ -13,7 +13,7 @@ New grid: recomputed from the new grid's rows and columns.
 import torch
 from torch import Tensor
 
-from vit.pos_embed.base import PositionalScheme, grid_coords
+from vit.model.pos_embed.base import PositionalScheme, grid_coords
 
 
 class SinCos2d(PositionalScheme):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
-from vit.ablation import Run, result_rows, summary_rows
-from vit.evaluation import model_from_checkpoint
-from vit.viz import plt, similarity_mosaic
+from vit.studies.ablation import Run, result_rows, summary_rows
+from vit.studies.evaluation import model_from_checkpoint
+from vit.studies.figures import plt, similarity_mosaic
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -2,8 +2,8 @@
 
 from torch import Tensor, nn
 
-from vit.attention import Attention
-from vit.pos_embed.base import AttentionHook
+from vit.model.attention import Attention
+from vit.model.pos_embed.base import AttentionHook
 
 
 class Mlp(nn.Sequential):

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
-from vit.data import DataError
-from vit.data.batches import ShardedBatches
-from vit.data.source import DataSource
+from vit.training.data import DataError
+from vit.training.data.batches import ShardedBatches
+from vit.training.data.source import DataSource
 
 POLICIES = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
 

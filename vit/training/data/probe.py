@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vit.data.in_memory import InMemoryData, Split
+from vit.training.data.in_memory import InMemoryData, Split
 
 SQUARE = [(dy, dx) for dy in range(3) for dx in range(3)]
 PLUS = [(0, 1), (1, 0), (1, 1), (1, 2), (2, 1)]

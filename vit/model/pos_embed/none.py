@@ -5,7 +5,7 @@ them and the logits do not change); with a class token it is too, since the clas
 attends to every patch alike. Class token: untouched. New grid: nothing to do.
 """
 
-from vit.pos_embed.base import PositionalScheme
+from vit.model.pos_embed.base import PositionalScheme
 
 
 class NoPosition(PositionalScheme):

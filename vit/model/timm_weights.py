@@ -14,9 +14,9 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
-from vit.model import VisionTransformer
-from vit.patch_embed.conv import ConvPatchEmbed
-from vit.pos_embed.learned_1d import Learned1d
+from vit.model.patch_embed.conv import ConvPatchEmbed
+from vit.model.pos_embed.learned_1d import Learned1d
+from vit.model.vision_transformer import VisionTransformer
 
 
 def load_timm_weights(model: VisionTransformer, source: nn.Module | Mapping[str, Tensor]) -> None:
