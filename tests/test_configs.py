@@ -1,5 +1,6 @@
 """The Hydra interface: every option of every group composes and builds, bad values are one line."""
 
+import os
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from vit import VisionTransformer, registry
-from vit.cli import ConfigError, build_model, check_config
+from vit.cli import ConfigError, build_model, check_config, instantiate_group
 from vit.registry import options
 from vit.studies.ablation import grid_of
 
@@ -164,3 +165,63 @@ def test_describe_sweeps_every_scheme(tmp_path):
     assert run.returncode == 0, run.stderr
     for scheme in options("model/pos_embed"):
         assert f"pos_embed={scheme}," in run.stdout
+
+
+class Buggy:
+    """A component with a bug in its own code: a TypeError raised inside it."""
+
+    def __init__(self, width: int, **unused):
+        self.half = width / None
+
+
+@pytest.mark.parametrize(
+    "node,expected",
+    [
+        ({"_target_": "test_configs.Buggy", "width": 2}, None),  # a bug: its own error, traceback kept
+        ({"_target_": "test_configs.Buggy", "widht": 2}, "model: .*missing 1 required"),  # a misspelt argument
+        ({"_target_": "test_configs.Nothing"}, "model: No module named"),  # no such component
+        ({"_target_": "test_configs.Buggy", "width": "???"}, "Missing mandatory value"),
+        (
+            {
+                "_target_": "vit.model.vision_transformer.VisionTransformer",
+                "img_size": 16,
+                "patch_size": 4,
+                "num_classes": 3,
+                "embed_dim": 30,
+                "depth": 1,
+                "num_heads": 4,
+            },
+            "model: embed_dim 30 is not divisible by num_heads 4",  # our own check: a ConfigError
+        ),
+    ],
+)
+def test_only_configuration_errors_become_config_errors(node, expected):
+    cfg = OmegaConf.create({"model": node})
+    if expected is None:
+        with pytest.raises(TypeError, match="unsupported operand") as raised:
+            instantiate_group(cfg, "model")
+        assert not isinstance(raised.value, ConfigError)
+        assert any(frame.name == "__init__" for frame in raised.traceback)  # the bug's own frame
+    else:
+        with pytest.raises(ConfigError, match=expected) as raised:
+            instantiate_group(cfg, "model")
+        assert "\n" not in str(raised.value)
+
+
+def test_a_bug_in_a_component_exits_1_with_its_traceback(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "train.py"),
+            f"hydra.run.dir={tmp_path}",
+            "experiment=digits",
+            "data._target_=test_configs.Buggy",
+            "+data.width=2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "tests")},
+    )
+    assert run.returncode == 1 and "Traceback" in run.stderr and "TypeError: unsupported operand" in run.stderr
+    assert "error: " not in run.stderr

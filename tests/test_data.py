@@ -1,5 +1,7 @@
 """The data path: batches, device augmentation, the probe, digits and CIFAR's real parser."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from vit.training.data.digits import Digits
 from vit.training.data.imagefolder import ImageFolderData
 from vit.training.data.probe import PLUS, SQUARE, PositionProbe
 from vit.training.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
+from vit.training.seeds import PURPOSES, seed_for
 
 GREY = dict(in_chans=1, mean=[0.5], std=[0.5])
 
@@ -71,11 +74,16 @@ def test_device_crop_and_flip_are_per_sample_and_rank_independent(device):
     assert len({tuple(o.flatten().tolist()) for o in whole}) > 1
 
 
+def streams(device, step):
+    """A batch's two streams (seed 0, epoch 1): the device draws and the host magnitudes."""
+    return batch_generator(device, 0, 1, step), torch.Generator().manual_seed(seed_for("policy", 0, 1, step))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independent(device):
     device = torch.device(device)
     images = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8).to(device)
-    choice, negate, magnitudes = draw(batch_generator(device, 0, 1, 3), 64, 0, 64)
+    choice, negate, magnitudes = draw(*streams(device, 3), 64, 0, 64)
     out = trivial_augment(images, choice, negate, magnitudes)
     assert out.shape == images.shape and out.dtype == torch.uint8
     names = list(OPERATIONS)
@@ -86,10 +94,10 @@ def test_trivial_augment_gives_each_image_its_own_operation_and_is_rank_independ
     assert len(set(choice.tolist())) >= 10 and 0 < int(negate.sum()) < 64
     halves = []
     for offset in (0, 32):  # two ranks with 32 images each draw what one process with 64 does
-        local = draw(batch_generator(device, 0, 1, 3), 64, offset, 32)
+        local = draw(*streams(device, 3), 64, offset, 32)
         halves.append(trivial_augment(images[offset : offset + 32], *local))
     assert torch.equal(torch.cat(halves), out)
-    other = trivial_augment(images, *draw(batch_generator(device, 0, 1, 4), 64, 0, 64))
+    other = trivial_augment(images, *draw(*streams(device, 4), 64, 0, 64))
     assert not torch.equal(other, out)  # another step, other draws
 
 
@@ -225,3 +233,17 @@ def test_cifar_reads_the_archive_and_reports_what_is_missing(tmp_path):
     )
     with pytest.raises(DataError, match="put cifar-10-python.tar.gz"):
         empty.splits()
+
+
+def test_every_random_stream_has_its_own_seed():
+    # with seeds made by adding offsets, one purpose's stream at step t was another's at t + 1,
+    # and the epoch order's was step 0's: every (purpose, seed, counters) must get its own
+    seeds = {}
+    for purpose in PURPOSES:
+        for run_seed, epoch, step in itertools.product(range(3), range(4), range(5)):
+            seeds[purpose, run_seed, epoch, step] = seed_for(purpose, run_seed, epoch, step)
+        for run_seed, epoch in itertools.product(range(3), range(4)):
+            seeds[purpose, run_seed, epoch] = seed_for(purpose, run_seed, epoch)
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(0 <= s < 2**63 for s in seeds.values())
+    assert seed_for("batch", 0, 1, 3) == seed_for("batch", 0, 1, 3)  # a pure function: resumes replay it

@@ -7,16 +7,19 @@ override or value is answered at once, and imports the heavy libraries only afte
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 import hydra
+import omegaconf
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vit.errors import ConfigError
 from vit.model.sizes import SIZE_KEYS, check_vit_sizes
 from vit.registry import CONFIGS
 from vit.training.distributed import launch_time
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# where a config's own errors are raised: a traceback that stays in these never ran our code
+CONFIG_MACHINERY = tuple(["<frozen"] + [str(Path(module.__file__).parent) for module in (hydra, omegaconf, importlib)])
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 # sweep job folders are named after their overrides, in characters that need no quoting
@@ -45,20 +50,36 @@ def _root_cause(error: BaseException) -> BaseException:
     return error
 
 
-class ConfigError(Exception):
-    """A bad value in the config: one line, exit code 2."""
+def _ran_code(error: BaseException) -> bool:
+    """True when the error's traceback reaches code other than Hydra's, OmegaConf's and the
+    importer's: the target ran and failed, a bug. An error that never got there (an unknown
+    argument, a target that does not exist, a missing value) is the config's."""
+    frame = error.__traceback__
+    while frame is not None:
+        if not frame.tb_frame.f_code.co_filename.startswith(CONFIG_MACHINERY):
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def instantiate_group(cfg: DictConfig, group: str):
-    """`hydra.utils.instantiate(cfg.<group>)`, a bad value raised as one clear ConfigError."""
+    """`hydra.utils.instantiate(cfg.<group>)`. A bad value (our checks' ConfigError, or an
+    argument, target or value the code never got to see) is one clear ConfigError; a
+    DataError stays one; any other error from inside our code is a bug and is raised as
+    it is, traceback and all."""
+    from vit.training.data import DataError
+
     try:
         return hydra.utils.instantiate(cfg[group])
-    except (hydra.errors.InstantiationException, OmegaConfBaseException, ValueError, TypeError) as e:
+    except (hydra.errors.InstantiationException, OmegaConfBaseException) as e:
         cause = _root_cause(e)
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, ConfigError):
             message = str(cause)
             raise ConfigError(message if message.startswith(f"{group}:") else f"{group}: {message}") from None
-        raise ConfigError(str(cause).splitlines()[0]) from None
+        if isinstance(cause, DataError) or (cause is not e and _ran_code(cause)):
+            raise cause from None
+        message = str(cause).splitlines()[0]
+        raise ConfigError(f"{group}: {message}" if isinstance(cause, (TypeError, ImportError)) else message) from None
 
 
 def build_model(cfg: DictConfig) -> nn.Module:

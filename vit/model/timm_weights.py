@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from torch import Tensor, nn
 
+from vit.errors import ConfigError
 from vit.model.patch_embed.conv import ConvPatchEmbed
 from vit.model.pos_embed.learned_1d import Learned1d
 from vit.model.vision_transformer import VisionTransformer
@@ -22,11 +23,11 @@ from vit.model.vision_transformer import VisionTransformer
 def load_timm_weights(model: VisionTransformer, source: nn.Module | Mapping[str, Tensor]) -> None:
     """Copy a timm VisionTransformer (the module or its state dict) into `model`, strictly."""
     if not isinstance(model.patch_embed, ConvPatchEmbed) or not isinstance(model.pos_embed, Learned1d):
-        raise ValueError("timm weights load only into a model with patch_embed=conv and pos_embed=learned_1d")
+        raise ConfigError("timm weights load only into a model with patch_embed=conv and pos_embed=learned_1d")
     state = source.state_dict() if isinstance(source, nn.Module) else dict(source)
     has_cls = "cls_token" in state
     if has_cls != (model.pool == "cls"):
-        raise ValueError(
+        raise ConfigError(
             f"the timm model {'has' if has_cls else 'has no'} class token but this model has pool={model.pool}"
         )
     renamed = {}

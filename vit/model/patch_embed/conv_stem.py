@@ -10,13 +10,15 @@ width 192: 24, 48, 96, 192 with patch 16; 96, 192 with patch 4), at least 16 eac
 from einops import rearrange
 from torch import Tensor, nn
 
+from vit.errors import ConfigError
+
 
 class ConvStemPatchEmbed(nn.Module):
     def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
         stages = patch_size.bit_length() - 1
         if patch_size < 2 or 2**stages != patch_size:
-            raise ValueError(f"conv_stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+            raise ConfigError(f"conv_stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
         layers, width_in = [], in_chans
         for i in range(stages):
             width = max(16, embed_dim // 2 ** (stages - 1 - i))

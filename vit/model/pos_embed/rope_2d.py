@@ -15,6 +15,7 @@ so a larger grid extrapolates to new offsets rather than squeezing the old ones)
 import torch
 from torch import Tensor
 
+from vit.errors import ConfigError
 from vit.model.pos_embed.base import AttentionHook, PositionalScheme, grid_coords
 
 
@@ -23,7 +24,7 @@ class Rope2d(PositionalScheme):
         super().__init__(**kwargs)
         head_dim = self.dim // self.num_heads
         if head_dim % 4:
-            raise ValueError(f"rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got {head_dim}")
+            raise ConfigError(f"rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got {head_dim}")
         self.head_dim = head_dim
         self.theta = theta
         cos, sin = self.angles(self.grid_size)

@@ -13,6 +13,7 @@ New grid: recomputed from the new grid's rows and columns.
 import torch
 from torch import Tensor
 
+from vit.errors import ConfigError
 from vit.model.pos_embed.base import PositionalScheme, grid_coords
 
 
@@ -20,7 +21,7 @@ class SinCos2d(PositionalScheme):
     def __init__(self, *, temperature: float = 10000.0, **kwargs):
         super().__init__(**kwargs)
         if self.dim % 4:
-            raise ValueError(f"sincos_2d needs embed_dim divisible by 4, got {self.dim}")
+            raise ConfigError(f"sincos_2d needs embed_dim divisible by 4, got {self.dim}")
         self.temperature = temperature
         self.register_buffer("cached", self.embedding(self.grid_size), persistent=False)
 

@@ -6,10 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from vit.training.seeds import seed_for
+
 
 def batch_generator(device: torch.device, seed: int, epoch: int, step: int) -> torch.Generator:
     """The random stream of one global batch: the same on every rank and after a resume."""
-    return torch.Generator(device=device).manual_seed((seed * 100_003 + epoch) * 1_000_003 + step)
+    return torch.Generator(device=device).manual_seed(seed_for("batch", seed, epoch, step))
 
 
 def random_crop_flip(

@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 
 from vit.training.data import DataError
+from vit.training.seeds import seed_for
 
 
 def epoch_order(num_samples: int, seed: int, epoch: int, shuffle: bool = True) -> torch.Tensor:
     if not shuffle:
         return torch.arange(num_samples)
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(seed_for("order", seed, epoch))
     return torch.randperm(num_samples, generator=generator)
 
 

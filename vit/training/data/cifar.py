@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
+from vit.errors import ConfigError
 from vit.training.data import DataError
 from vit.training.data.in_memory import InMemoryData, Split
 
@@ -22,7 +23,7 @@ class Cifar(InMemoryData):
     def __init__(self, *, root: str, download: bool = True, verify_checksums: bool = True, **kwargs):
         super().__init__(**kwargs)
         if self.name not in DATASETS:
-            raise ValueError(f"data: name must be one of {', '.join(DATASETS)}, got {self.name!r}")
+            raise ConfigError(f"data: name must be one of {', '.join(DATASETS)}, got {self.name!r}")
         self.root, self.download, self.verify_checksums = Path(root), download, verify_checksums
 
     def dataset_class(self) -> type[datasets.CIFAR10]:

@@ -15,9 +15,11 @@ from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
 
+from vit.errors import ConfigError
 from vit.training.data import DataError
 from vit.training.data.batches import ShardedBatches
 from vit.training.data.source import DataSource
+from vit.training.seeds import seed_for
 
 POLICIES = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
 
@@ -37,7 +39,7 @@ class ImageFolderData(DataSource):
     ):
         super().__init__(**kwargs)
         if policy not in POLICIES:
-            raise ValueError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            raise ConfigError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.root, self.classes, self.num_workers = Path(root), classes, num_workers
         size = self.img_size
         augment = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
@@ -138,9 +140,9 @@ class SeededBatches:
         return len(self.batches)
 
     def __iter__(self):
-        base = (self.batches.seed * 100_003 + self.batches.epoch) * 10_000_019
+        seed, epoch = self.batches.seed, self.batches.epoch
         for index in self.batches:
-            yield [(base + i, i) for i in index.tolist()]
+            yield [(seed_for("image", seed, epoch, i), i) for i in index.tolist()]
 
 
 class ClassFolders(datasets.ImageFolder):

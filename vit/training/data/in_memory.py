@@ -12,10 +12,12 @@ from functools import partial
 import torch
 from torch import Tensor
 
+from vit.errors import ConfigError
 from vit.training.data.augment import batch_generator, random_crop_flip
 from vit.training.data.batches import ShardedBatches
 from vit.training.data.source import DataSource
 from vit.training.data.trivial_augment import draw, trivial_augment
+from vit.training.seeds import seed_for
 
 
 @dataclass
@@ -31,7 +33,7 @@ class InMemoryData(DataSource):
     def __init__(self, *, crop_padding: int = 0, flip: bool = False, policy: str = "none", **kwargs):
         super().__init__(**kwargs)
         if policy not in POLICIES:
-            raise ValueError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+            raise ConfigError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.crop_padding, self.flip, self.policy = crop_padding, flip, policy
 
     def splits(self) -> tuple[Split, Split]:
@@ -80,5 +82,6 @@ class TensorBatches:
                     images, self.augment.crop_padding, self.augment.flip, generator, s.global_batch, offset
                 )
                 if self.augment.policy == "trivialaugment":
-                    images = trivial_augment(images, *draw(generator, s.global_batch, offset, len(images)))
+                    host = torch.Generator().manual_seed(seed_for("policy", s.seed, s.epoch, step))
+                    images = trivial_augment(images, *draw(generator, host, s.global_batch, offset, len(images)))
             yield images, labels

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from vit.errors import ConfigError
 from vit.training.data.in_memory import InMemoryData, Split
 
 SQUARE = [(dy, dx) for dy in range(3) for dx in range(3)]
@@ -24,7 +25,7 @@ class PositionProbe(InMemoryData):
     def __init__(self, *, cell: int = 4, num_train: int = 4096, num_val: int = 1024, split_seed: int = 0, **kwargs):
         super().__init__(**kwargs)
         if cell < 3 or self.img_size % cell or self.img_size // cell < 2:
-            raise ValueError(
+            raise ConfigError(
                 f"data: the probe needs cells of at least 3 px that tile img_size {self.img_size} at least 2x2, "
                 f"got cell {cell}"
             )

@@ -7,6 +7,8 @@ Subclasses add `loaders(device, rank, world, seed) -> (train, val)`: iterables o
 
 from __future__ import annotations
 
+from vit.errors import ConfigError
+
 
 class DataSource:
     """What every data config builds: sizes, normalisation, batch size and mixing."""
@@ -25,9 +27,9 @@ class DataSource:
         cutmix: float = 0.0,
     ):
         if len(mean) != in_chans or len(std) != in_chans:
-            raise ValueError(f"data: mean and std need {in_chans} values, one per channel")
+            raise ConfigError(f"data: mean and std need {in_chans} values, one per channel")
         if (mixup or cutmix) and batch_size % 2:
-            raise ValueError(f"data: mixup and cutmix need an even batch size, got {batch_size}")
+            raise ConfigError(f"data: mixup and cutmix need an even batch size, got {batch_size}")
         self.name, self.img_size, self.in_chans, self.num_classes = name, img_size, in_chans, num_classes
         self.batch_size, self.mean, self.std = batch_size, list(mean), list(std)
         self.mixup, self.cutmix = mixup, cutmix

@@ -59,14 +59,13 @@ OPERATIONS = {
 }
 
 
-def draw(generator: torch.Generator, global_batch: int, offset: int, local: int):
+def draw(generator: torch.Generator, host: torch.Generator, global_batch: int, offset: int, local: int):
     """This rank's slice of the per-image draws (operation index, negate), on the generator's
-    device, and each operation's magnitude for this batch: host numbers, from a host stream
-    seeded next to the batch's own, so no value waits for the device."""
+    device, and each operation's magnitude for this batch: host numbers, drawn from the
+    batch's own `host` stream, so no value waits for the device."""
     device = generator.device
     choice = torch.randint(0, len(OPERATIONS), (global_batch,), device=device, generator=generator)
     negate = torch.rand(global_batch, device=device, generator=generator) < 0.5
-    host = torch.Generator().manual_seed(generator.initial_seed() + 1)
     bins = torch.randint(0, BINS, (len(OPERATIONS),), generator=host).tolist()
     magnitudes = {name: magnitude(b) for (name, (magnitude, _, _)), b in zip(OPERATIONS.items(), bins, strict=True)}
     return choice[offset : offset + local], negate[offset : offset + local], magnitudes

@@ -1,0 +1,10 @@
+"""Bad input that our code recognises: reported as one line, never as a traceback.
+
+A `ConfigError` is raised where a value is checked (sizes, a scheme's constraint, a data
+option); it is a ValueError, so code that calls the library directly can catch either.
+Any other exception is a bug and keeps its traceback.
+"""
+
+
+class ConfigError(ValueError):
+    """A bad value in the config: one line, exit code 2."""
