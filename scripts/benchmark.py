@@ -64,8 +64,9 @@ def main(cfg: DictConfig) -> None:
     exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
     import torch
 
+    from vit.errors import TrainingError
     from vit.studies.benchmark import markdown, results, run
-    from vit.training.trainer import TrainingError, choose_device, choose_precision
+    from vit.training.trainer import choose_device, choose_precision
 
     b = cfg.benchmark
     device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))

@@ -35,9 +35,10 @@ def main(cfg: DictConfig) -> float | None:
             raise
         fail(str(e))
 
+    from vit.errors import TrainingError
     from vit.training.checkpoint import CheckpointError
     from vit.training.data import DataError
-    from vit.training.trainer import TrainingError, train
+    from vit.training.trainer import train
 
     exit_codes = {ConfigError: 2, TrainingError: 1, CheckpointError: 1, DataError: 1, OSError: 1}
     try:

@@ -17,7 +17,7 @@ from conftest import CUDA
 from data_files import make_cifar10_archive
 from vit.studies.evaluation import evaluate_checkpoint
 from vit.training.checkpoint import load_checkpoint
-from vit.training.trainer import WaitClock
+from vit.training.wait_clock import WaitClock
 
 pytestmark = CUDA
 ROOT = Path(__file__).resolve().parents[1]

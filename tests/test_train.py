@@ -21,10 +21,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from data_files import make_cifar10_archive, make_class_folders
 from runs import TINY, metrics, one_error_line, script, train, train_command
 from vit.cli import ConfigError
+from vit.errors import TrainingError
 from vit.training import checkpoint
 from vit.training.checkpoint import CheckpointError, load_checkpoint
 from vit.training.data import DataError
-from vit.training.trainer import TrainingError
 
 PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", "trainer.epochs=1", *TINY]
 
@@ -403,7 +403,7 @@ class HostEvent:
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
 def test_wait_clock_counts_only_the_wait_for_batches(device, monkeypatch):
-    from vit.training.trainer import WaitClock
+    from vit.training.wait_clock import WaitClock
 
     monkeypatch.setattr(torch.cuda, "Event", HostEvent)
 

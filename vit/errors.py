@@ -8,3 +8,8 @@ Any other exception is a bug and keeps its traceback.
 
 class ConfigError(ValueError):
     """A bad value in the config: one line, exit code 2."""
+
+
+class TrainingError(Exception):
+    """A run that cannot go on (a diverging loss, a run folder that holds another run):
+    one line and exit code 1."""

@@ -17,16 +17,32 @@ class CheckpointError(Exception):
     pass
 
 
-def save_atomic(state: dict, path: Path) -> None:
+# a run's checkpoints, newest first when all are intact: last.pt is replaced at every save
+# and the one it replaces becomes previous.pt, so a damaged last.pt always leaves another
+CHECKPOINTS = ("last.pt", "previous.pt", "best.pt")
+
+
+def save_checkpoint(state: dict, folder: Path, is_best: bool) -> None:
+    """best.pt first (when it is the best), then last.pt, keeping the last one as previous.pt.
+    Should a write fail or the process die, the files already there stay intact."""
+    if is_best:
+        save_atomic(state, folder / "best.pt")
+    save_atomic(state, folder / "last.pt", previous=folder / "previous.pt")
+
+
+def save_atomic(state: dict, path: Path, previous: Path | None = None) -> None:
     """Write to a temporary file in the same folder, flush it to disk, then rename: a crash
-    mid-write leaves the previous checkpoint as it was. A failed write removes its partial
-    file; a full disk is one CheckpointError naming the folder."""
+    mid-write leaves the checkpoint there as it was. With `previous`, the file replaced is
+    kept under that name. A failed write removes its partial file; a full disk is one
+    CheckpointError naming the folder."""
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)  # a partial file would go on filling the disk

@@ -1,11 +1,14 @@
-"""The training loop, in plain PyTorch: read it top to bottom.
+"""The training loop, in plain PyTorch: read `train` top to bottom, then each phase it calls.
 
-    set up (device, data, model, optimizer, schedule, EMA, resume)
+    where the run stands   new, to resume (from the newest readable checkpoint), or finished
+    build                  device, data, model, optimizer, schedule, Mixup
+    restore                weights, optimizer, schedule, EMA, random streams, progress
     for each epoch:
-        for each batch: normalise on device -> [mixup] -> forward under autocast -> backward
-                        -> clip -> step -> schedule -> EMA; every few steps: log, NaN check, stop check
-        evaluate (and the EMA), write metrics, save last.pt (and best.pt)
-    write summary.json and the HParams entry
+        train_epoch        per batch: normalise on device -> [mixup] -> forward under autocast
+                           -> backward -> clip -> step -> schedule -> EMA; every few steps: one
+                           sync for the log, the NaN check and the stop check
+        end_epoch          evaluate (and the EMA), save best.pt and last.pt, log the epoch
+    summarize              summary.json and the HParams entry
 
 SIGTERM / Ctrl-C saves last.pt at the next step and exits; `resume=auto` picks it up at
 that exact batch, with the same random streams, so the weights end up bit-identical.
@@ -13,35 +16,69 @@ that exact batch, with the same random streams, so the weights end up bit-identi
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from vit.cli import build_model, check_precision, instantiate_group
+from vit.errors import ConfigError, TrainingError
 from vit.training import distributed
-from vit.training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_atomic, set_rng_state
+from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
 from vit.training.optim import build_optimizer, warmup_cosine
+from vit.training.progress import Progress
+from vit.training.resume import Start, where_run_stands
 from vit.training.run_log import RunLog
+from vit.training.seeds import numpy_seed, seed_for
+from vit.training.wait_clock import WaitClock
 
 log = logging.getLogger("vit")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-class TrainingError(Exception):
-    """Stops the run with one line and exit code 1."""
+def train(
+    cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None, overrides: Sequence[str] = ()
+) -> dict:
+    """Train as `cfg` (the composed train config) says, in `run_dir`. `choices` (Hydra's
+    group choices, e.g. {"model/pos_embed": "rope_2d"}) and `overrides` (the command line's)
+    are recorded in summary.json. Returns the summary, or {"stopped": signal} if a signal
+    stopped the run (last.pt saved)."""
+    run_dir, stop, runlog = Path(run_dir), StopRequest(), None
+    try:
+        start = where_run_stands(cfg, run_dir, distributed.current().world)
+        if start.finished is not None:
+            return start.finished
+        run = build(cfg, run_dir, stop)
+        progress = restore(run, start)
+        runlog = RunLog(run_dir, run.procs.is_main, progress.step or None, progress.epoch)
+        history = runlog.history()
+        while progress.epoch < cfg.trainer.epochs:
+            epoch = train_epoch(run, progress, runlog)
+            if epoch is None:
+                return {"stopped": stop.signum or signal.SIGTERM}
+            history.append(end_epoch(run, progress, epoch, runlog))
+        return summarize(run, progress, history, runlog, dict(choices or {}), list(overrides))
+    finally:
+        if runlog is not None:
+            runlog.close()
+        stop.restore()
+
+
+# --- the state of a session ---------------------------------------------------------------
 
 
 class StopRequest:
@@ -64,40 +101,409 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-class WaitClock:
-    """Wraps the batches and adds up the time the training step waits for the next one.
+@dataclass
+class Run:
+    """What a session of training is built of. `net` is what the step calls (the model, in
+    DistributedDataParallel and/or compiled); `model` is the plain one that is saved."""
 
-    CPU: host time spent in `next()`. CUDA: time on the GPU's own timeline between events
-    recorded around `next()` (the data kernels, plus any gap while the GPU idled for the host
-    to produce the batch), read after the epoch's final synchronize, so no step waits for it.
-    Host time would mislead there: a host running ahead of the GPU waits for no batch.
-    """
-
-    def __init__(self, batches, device: torch.device):
-        self.batches, self.cuda, self.host_s, self.events = batches, device.type == "cuda", 0.0, []
-
-    def __iter__(self):
-        batches = iter(self.batches)
-        while True:
-            if self.cuda:
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
-            else:
-                start = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            if self.cuda:
-                end.record()
-                self.events.append((begin, end))
-            else:
-                self.host_s += time.perf_counter() - start
-            yield batch
+    cfg: DictConfig
+    run_dir: Path
+    stop: StopRequest
+    procs: distributed.Processes
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: Any
+    train_batches: Any
+    val_batches: Any
+    mean: torch.Tensor
+    std: torch.Tensor
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    mixup: Any
+    criterion: nn.Module
+    started: float  # time.time() when this session began
+    net: nn.Module | None = None
+    ema: Any = None
 
     @property
-    def seconds(self) -> float:
-        return self.host_s + sum(begin.elapsed_time(end) for begin, end in self.events) / 1000
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.train_batches)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+
+@dataclass
+class EpochTraining:
+    """What train_epoch hands to end_epoch."""
+
+    loss_sum: torch.Tensor  # this process's training loss, summed over the epoch's steps
+    session_s: float  # this session's training time in the epoch
+    wait_s: float  # of which, waiting for batches
+    started: float  # time.time() when this session began the epoch
+
+
+# --- build and restore ------------------------------------------------------------------------
+
+
+def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
+    """Device, data, model, optimizer, schedule and Mixup. The model's initial weights come
+    from the run's seed alone, so every process builds the same ones."""
+    started, procs = time.time(), distributed.current()
+    device = choose_device(cfg.trainer.device)
+    amp_dtype = choose_precision(cfg.trainer.precision, device)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    data = instantiate_group(cfg, "data")
+    train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
+    if len(train_batches) == 0:
+        raise TrainingError(
+            f"{train_batches.num_samples} training images make no batch of data.batch_size={data.batch_size}"
+        )
+    torch.manual_seed(seed_for("init", cfg.seed))
+    model = build_model(cfg).to(device)
+    torch.manual_seed(seed_for("process", cfg.seed, procs.rank))  # dropout and drop path: each its own
+    np.random.seed(numpy_seed("process", cfg.seed, procs.rank))
+
+    oc, steps_per_epoch = cfg.optim, len(train_batches)
+    optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=device.type == "cuda")
+    warmup = round(oc.warmup_epochs * steps_per_epoch)
+    scheduler = warmup_cosine(optimizer, warmup, cfg.trainer.epochs * steps_per_epoch, oc.min_lr / oc.lr)
+    mixup, criterion = build_mixup(data, cfg.trainer.label_smoothing, procs.world)
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        stop=stop,
+        procs=procs,
+        device=device,
+        amp_dtype=amp_dtype,
+        data=data,
+        train_batches=train_batches,
+        val_batches=val_batches,
+        mean=torch.tensor(data.mean, device=device),
+        std=torch.tensor(data.std, device=device),
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        mixup=mixup,
+        criterion=criterion,
+        started=started,
+    )
+
+
+def build_mixup(data, label_smoothing: float, world: int) -> tuple[Any, nn.Module]:
+    """timm's Mixup/CutMix and its soft-target loss, when the data config asks for them."""
+    if not (data.mixup or data.cutmix):
+        return None, nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    if (data.batch_size // world) % 2:  # each process mixes its own part of the batch, in pairs
+        raise ConfigError(
+            f"data: mixup and cutmix need an even batch on each process: data.batch_size={data.batch_size} "
+            f"on {world} processes gives {data.batch_size // world}"
+        )
+    from timm.data import Mixup  # timm only when used: it costs seconds to import
+    from timm.loss import SoftTargetCrossEntropy
+
+    mixup = Mixup(
+        mixup_alpha=data.mixup, cutmix_alpha=data.cutmix, label_smoothing=label_smoothing, num_classes=data.num_classes
+    )
+    return mixup, SoftTargetCrossEntropy()
+
+
+def restore(run: Run, start: Start) -> Progress:
+    """Load the checkpoint's state (when resuming), then make the EMA from the weights now in
+    the model, and wrap the model for several processes and compilation."""
+    progress, state = Progress(), start.checkpoint
+    if state is not None:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
+        run.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"][run.procs.rank])
+        progress = Progress.from_checkpoint(state)
+        where = f"epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.step}"
+        log.info(f"resumed from {start.source}: {where}")
+    if run.cfg.trainer.ema:
+        from timm.utils import ModelEmaV3
+
+        run.ema = ModelEmaV3(run.model, decay=run.cfg.trainer.ema_decay)
+        if state is not None and state.get("ema") is not None:
+            run.ema.load_state_dict(state["ema"])
+    run.net = run.model
+    if run.procs.world > 1:
+        device_ids = [run.device.index] if run.device.type == "cuda" else None
+        run.net = DistributedDataParallel(run.model, device_ids=device_ids)
+    if run.cfg.trainer.compile:
+        # a Hydra sweep runs its jobs in one process: fresh caches, so earlier jobs' graphs do
+        # not count towards dynamo's recompile limit (past it, a model silently runs eager)
+        torch._dynamo.reset()
+        run.net = torch.compile(run.net)
+    if run.procs.is_main:
+        run.checkpoints.mkdir(parents=True, exist_ok=True)
+    params = sum(p.numel() for p in run.model.parameters())
+    log.info(
+        f"{params:,} parameters, {run.steps_per_epoch} steps per epoch on {run.procs.world} x {run.device}, "
+        f"precision {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'fp32'}, run dir {run.run_dir}"
+    )
+    return progress
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+
+def train_epoch(run: Run, progress: Progress, runlog: RunLog) -> EpochTraining | None:
+    """Train what is left of the current epoch. None when a signal stopped it (last.pt saved)."""
+    started = time.time()
+    run.model.train()
+    run.train_batches.set_epoch(progress.epoch, progress.batch_in_epoch)
+    loss_sum = torch.tensor(progress.epoch_loss_sum, device=run.device, dtype=torch.float64)
+    unsynced: list[torch.Tensor] = []  # the losses since the last sync: read once every few steps
+    bar = progress_bar(run, progress)
+    clock = WaitClock(prepared_batches(run, progress.epoch, progress.batch_in_epoch), run.device)
+    for x, targets in clock:
+        unsynced.append(train_step(run, x, targets, progress.step))
+        progress.step += 1
+        progress.batch_in_epoch += 1
+        bar.update()
+        if progress.step % run.cfg.trainer.log_every == 0 or progress.batch_in_epoch == run.steps_per_epoch:
+            synced_sum, stopping = sync(run, unsynced, progress, runlog, bar)
+            loss_sum += synced_sum
+            unsynced = []
+        else:  # one process alone may stop between syncs; several agree at the next one
+            stopping = run.procs.world == 1 and run.stop.signum > 0
+        if stopping:
+            if unsynced:  # never save weights that a NaN has reached
+                losses = torch.stack(unsynced).double()
+                check_finite(losses, progress, run.checkpoints)
+                loss_sum += losses.sum()
+            progress.epoch_loss_sum = loss_sum.item()
+            progress.epoch_train_s += time.time() - started
+            bar.close()
+            save_and_stop(run, progress)
+            return None
+    bar.close()
+    if run.device.type == "cuda":
+        torch.cuda.synchronize()
+    return EpochTraining(loss_sum, time.time() - started, clock.seconds, started)
+
+
+def prepared_batches(run: Run, epoch: int, first_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The whole data path, all of it timed by the WaitClock: normalise, then Mixup with the
+    draws of this global step: the same on every process, and after a resume."""
+    first_step = epoch * run.steps_per_epoch + first_batch
+    for step, (images, labels) in enumerate(run.train_batches, start=first_step):
+        x = normalize(images, run.mean, run.std)
+        if run.mixup is not None:
+            np.random.seed(numpy_seed("mixup", run.cfg.seed, step))  # timm's Mixup draws from numpy
+            x, labels = run.mixup(x, labels)
+        yield x, labels
+
+
+def train_step(run: Run, x: torch.Tensor, targets: torch.Tensor, step: int) -> torch.Tensor:
+    with run.autocast():
+        loss = run.criterion(run.net(x), targets)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.cfg.optim.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.scheduler.step()
+    if run.ema is not None:
+        run.ema.update(run.model, step=step)
+    return loss.detach()
+
+
+def sync(run: Run, unsynced: list, progress: Progress, runlog: RunLog, bar) -> tuple[torch.Tensor, bool]:
+    """One sync every few steps: the NaN check, the log, and whether any process was asked to
+    stop. Returns the losses' sum and that answer."""
+    losses = torch.stack(unsynced).double()
+    check_finite(losses, progress, run.checkpoints)
+    stop_votes = torch.tensor(float(run.stop.signum > 0), device=run.device, dtype=torch.float64)
+    reduced = distributed.all_reduce_sum(torch.stack([losses.mean(), stop_votes]))
+    mean_loss, lr = reduced[0].item() / run.procs.world, run.scheduler.get_last_lr()[0]
+    runlog.scalars({"train/loss": mean_loss, "train/lr": lr}, progress.step)
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+    return losses.sum(), reduced[1].item() > 0
+
+
+def check_finite(losses: torch.Tensor, progress: Progress, checkpoints: Path) -> None:
+    """`losses` are those of the steps up to `progress.step`; stop at the first that is NaN
+    or infinite, before any checkpoint holds the weights it reached."""
+    if not torch.isfinite(losses).all():
+        first = int((~torch.isfinite(losses)).nonzero()[0])
+        raise TrainingError(
+            f"loss is {losses[first].item()} at step {progress.step - len(losses) + 1 + first} "
+            f"(epoch {progress.epoch + 1}); stopped without saving, the last good checkpoint stays in {checkpoints}"
+        )
+
+
+def progress_bar(run: Run, progress: Progress) -> tqdm:
+    return tqdm(
+        total=run.steps_per_epoch,
+        initial=progress.batch_in_epoch,
+        desc=f"epoch {progress.epoch + 1}/{run.cfg.trainer.epochs}",
+        disable=not (run.procs.is_main and sys.stderr.isatty()),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def checkpoint_state(run: Run, progress: Progress) -> dict:
+    """Everything a resume needs, every process's random streams included (all take part)."""
+    rngs = [None] * run.procs.world
+    if run.procs.world > 1:
+        torch.distributed.all_gather_object(rngs, rng_state())
+    else:
+        rngs = [rng_state()]
+    return {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        **progress.to_checkpoint(session_s=time.time() - run.started),
+        "rng": rngs,
+        "world_size": run.procs.world,
+        "config": OmegaConf.to_container(run.cfg, resolve=True),
+    }
+
+
+def save_and_stop(run: Run, progress: Progress) -> None:
+    state = checkpoint_state(run, progress)
+    if run.procs.is_main:
+        save_checkpoint(state, run.checkpoints, is_best=False)
+        log.info(
+            f"stopped by signal {run.stop.signum or 'on another rank'} at epoch {progress.epoch + 1}, "
+            f"step {progress.step}; saved {run.checkpoints / 'last.pt'}; continue with "
+            f"hydra.run.dir={run.run_dir} resume=auto"
+        )
+
+
+# --- the end of an epoch ----------------------------------------------------------------------
+
+
+def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog) -> dict:
+    """Evaluate, count the epoch, save best.pt and last.pt, log. Returns the epoch's record."""
+    train_s = progress.epoch_train_s + epoch.session_s
+    world, steps, batch = run.procs.world, run.steps_per_epoch, run.data.batch_size
+    # the eager model: a compiled one would recompile for eval mode and the short last batch
+    val = evaluate(run.model, run.val_batches, run.mean, run.std, run.autocast)
+    record = {
+        "epoch": progress.epoch + 1,
+        "step": progress.step,
+        "train_loss": distributed.all_reduce_sum(epoch.loss_sum.clone()).item() / (world * steps),
+        "val_loss": val["loss"],
+        "val_acc1": val["acc1"],
+        "val_acc5": val["acc5"],
+        "lr": run.scheduler.get_last_lr()[0],
+        "images_per_sec": steps * batch / train_s,
+        "data_wait_frac": epoch.wait_s / epoch.session_s,
+    }
+    if run.ema is not None:
+        ema = evaluate(run.ema.module, run.val_batches, run.mean, run.std, run.autocast)
+        record.update(ema_val_loss=ema["loss"], ema_val_acc1=ema["acc1"], ema_val_acc5=ema["acc5"])
+    record["epoch_s"] = time.time() - epoch.started
+    is_best = progress.finish_epoch(record["val_acc1"])
+    state = checkpoint_state(run, progress)
+    if run.procs.is_main:  # best first: should last.pt then fail, a resume redoes this epoch, logged once
+        save_checkpoint(state, run.checkpoints, is_best)
+    log_epoch(run, record, runlog)
+    return record
+
+
+@torch.no_grad()
+def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks."""
+    net.eval()
+    totals = torch.zeros(4, device=mean.device, dtype=torch.float64)  # loss, top1, top5, count
+    for images, labels in loader:
+        with autocast():
+            logits = net(normalize(images, mean, std))
+        k = min(5, logits.shape[-1])
+        hits = logits.topk(k, dim=-1).indices == labels[:, None]
+        loss = F.cross_entropy(logits.float(), labels, reduction="sum")
+        totals[:3] += torch.stack([loss, hits[:, 0].sum(), hits.any(dim=-1).sum()]).double()
+        totals[3] += len(labels)  # a host number: no copy to the device, no sync per batch
+    loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
+    return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
+
+
+def log_epoch(run: Run, record: dict, runlog: RunLog) -> None:
+    """metrics.jsonl, TensorBoard (and the positional table's similarity figure), the console."""
+    runlog.epoch(record)
+    ema = {"val_ema/acc1": record["ema_val_acc1"]} if "ema_val_acc1" in record else {}
+    scalars = {
+        "val/loss": record["val_loss"],
+        "val/acc1": record["val_acc1"],
+        "val/acc5": record["val_acc5"],
+        "train/images_per_sec": record["images_per_sec"],
+        "train/data_wait_frac": record["data_wait_frac"],
+        "time/epoch_s": record["epoch_s"],
+    }
+    runlog.scalars({**scalars, **ema}, record["step"])
+    epoch, tc = record["epoch"], run.cfg.trainer
+    if run.procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
+        grid = run.model.grid_for(*run.model.img_size)
+        table = run.model.pos_embed.position_table(grid)
+        if table is not None:
+            from vit.studies.figures import similarity_figure  # matplotlib, only for the schemes with a table
+
+            runlog.figure("pos_embed/similarity", similarity_figure(table, grid), record["step"])
+    log.info(
+        f"epoch {epoch}/{tc.epochs}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
+        f"acc1 {record['val_acc1']:.2f}  acc5 {record['val_acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
+        f"{record['epoch_s']:.1f}s"
+    )
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+
+def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choices: dict, overrides: list) -> dict:
+    """summary.json (rank 0), with throughput over every epoch, earlier sessions' included."""
+    if not run.procs.is_main:
+        return {"best_val_acc1": progress.best_val_acc1}
+    per_epoch = run.steps_per_epoch * run.data.batch_size
+    train_seconds = sum(per_epoch / r["images_per_sec"] for r in history)
+    cfg = run.cfg
+    summary = {
+        "best_val_acc1": max(r["val_acc1"] for r in history),
+        "final_val_acc1": history[-1]["val_acc1"],
+        "final_val_acc5": history[-1]["val_acc5"],
+        "params": sum(p.numel() for p in run.model.parameters()),
+        "train_images_per_sec": len(history) * per_epoch / train_seconds,
+        "wall_time_s": progress.elapsed_s + time.time() - run.started,
+        "epochs": cfg.trainer.epochs,
+        "data": run.data.name,
+        # without Hydra's choices (called from Python), the scheme's module: rope_2d.py for rope_2d
+        "pos_embed": choices.get("model/pos_embed") or cfg.model.pos_embed._target_.split(".")[-2],
+        "overrides": overrides,
+        "device": str(run.device),
+        "world_size": run.procs.world,
+    }
+    if run.ema is not None:
+        summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in history)
+        summary["final_ema_val_acc1"] = history[-1]["ema_val_acc1"]
+    runlog.finish(summary, cfg, progress.step)
+    log.info(
+        f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
+        f"{summary['wall_time_s']:.0f}s; {run.run_dir}"
+    )
+    return summary
+
+
+# --- the device and the precision -------------------------------------------------------------
 
 
 def choose_device(name: str) -> torch.device:
@@ -116,356 +522,3 @@ def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
     return DTYPES[name]
-
-
-def check_finite(losses: torch.Tensor, step: int, epoch: int, ckpt_dir: Path) -> None:
-    """`losses` are those of the steps up to `step`; stop at the first that is NaN or infinite."""
-    if not torch.isfinite(losses).all():
-        first = int((~torch.isfinite(losses)).nonzero()[0])
-        raise TrainingError(
-            f"loss is {losses[first].item()} at step {step - len(losses) + 1 + first} (epoch {epoch + 1}); "
-            f"stopped without saving, the last good checkpoint stays in {ckpt_dir}"
-        )
-
-
-@torch.no_grad()
-def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks."""
-    net.eval()
-    totals = torch.zeros(4, device=mean.device, dtype=torch.float64)  # loss, top1, top5, count
-    for images, labels in loader:
-        with autocast():
-            logits = net(normalize(images, mean, std))
-        k = min(5, logits.shape[-1])
-        hits = logits.topk(k, dim=-1).indices == labels[:, None]
-        totals[:3] += torch.stack(
-            [
-                F.cross_entropy(logits.float(), labels, reduction="sum"),
-                hits[:, 0].sum(),
-                hits.any(dim=-1).sum(),
-            ]
-        ).double()
-        totals[3] += len(labels)  # a host number: no copy to the device, no sync per batch
-    loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
-    return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
-
-
-def train(
-    cfg: DictConfig, run_dir: str | Path, choices: Mapping[str, str] | None = None, overrides: Sequence[str] = ()
-) -> dict:
-    """Train as `cfg` (the composed train config) says, in `run_dir`. `choices` (Hydra's
-    group choices, e.g. {"model/pos_embed": "rope_2d"}) and `overrides` (the command line's)
-    are recorded in summary.json. Returns the summary, or {"stopped": signal} if a signal
-    stopped the run (last.pt saved)."""
-    stop = StopRequest()
-    try:
-        return _train(cfg, Path(run_dir), dict(choices or {}), list(overrides), stop)
-    finally:
-        stop.restore()
-
-
-def _train(cfg: DictConfig, run_dir: Path, choices: dict, overrides: list, stop: StopRequest) -> dict:
-    t_start = time.time()
-    procs = distributed.current()
-    tc, oc = cfg.trainer, cfg.optim
-
-    # --- where this run stands: new, to resume, or finished -----------------------------------
-    ckpt_dir = run_dir / "checkpoints"
-    resume_from = cfg.resume
-    if cfg.resume == "auto":
-        resume_from = ckpt_dir / "last.pt" if (ckpt_dir / "last.pt").exists() else None
-        if resume_from is None:
-            log.info(f"resume=auto: no checkpoint in {ckpt_dir}, starting fresh")
-    elif not cfg.resume and (ckpt_dir / "last.pt").exists():  # never overwrite another run's work
-        raise TrainingError(
-            f"{run_dir} already holds a run (checkpoints/last.pt): add resume=auto to continue it, "
-            f"or choose another hydra.run.dir"
-        )
-    if cfg.resume == "auto" and (run_dir / "summary.json").exists() and resume_from:
-        finished = json.loads((run_dir / "summary.json").read_text())
-        if finished.get("epochs") == tc.epochs:  # nothing left to do: keep its summary as it is
-            log.info(f"{run_dir} has finished all {tc.epochs} epochs; nothing to train")
-            return finished
-
-    # --- set-up ----------------------------------------------------------------------------
-    device = choose_device(tc.device)
-    amp_dtype = choose_precision(tc.precision, device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    torch.manual_seed(cfg.seed + procs.rank)
-    np.random.seed(cfg.seed + procs.rank)
-
-    data = instantiate_group(cfg, "data")
-    train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
-    mean = torch.tensor(data.mean, device=device)
-    std = torch.tensor(data.std, device=device)
-    steps_per_epoch = len(train_batches)
-    if steps_per_epoch == 0:
-        raise TrainingError(
-            f"{train_batches.num_samples} training images make no batch of data.batch_size={data.batch_size}"
-        )
-    total_steps = tc.epochs * steps_per_epoch
-
-    model = build_model(cfg).to(device)
-    optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=device.type == "cuda")
-    scheduler = warmup_cosine(optimizer, round(oc.warmup_epochs * steps_per_epoch), total_steps, oc.min_lr / oc.lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    ema = None
-    if tc.ema:
-        from timm.utils import ModelEmaV3  # timm only when used: it costs seconds to import
-
-        ema = ModelEmaV3(model, decay=tc.ema_decay)
-    mixup, criterion = None, torch.nn.CrossEntropyLoss(label_smoothing=tc.label_smoothing)
-    if data.mixup or data.cutmix:
-        from timm.data import Mixup
-        from timm.loss import SoftTargetCrossEntropy
-
-        mixup = Mixup(
-            mixup_alpha=data.mixup,
-            cutmix_alpha=data.cutmix,
-            label_smoothing=tc.label_smoothing,
-            num_classes=data.num_classes,
-        )
-        criterion = SoftTargetCrossEntropy()
-
-    def autocast():
-        return torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-
-    def prepared(batches):  # the whole data path, all of it timed by the WaitClock
-        for images, labels in batches:
-            x = normalize(images, mean, std)
-            yield mixup(x, labels) if mixup is not None else (x, labels)
-
-    # --- resume ------------------------------------------------------------------------------
-    epoch, batch_in_epoch, step, best, elapsed = 0, 0, 0, -1.0, 0.0
-    partial = {"loss_sum": 0.0, "train_s": 0.0}  # progress through an epoch cut short
-    if resume_from:
-        state = load_checkpoint(resume_from)
-        check_same_model(state["config"], cfg)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        epoch, batch_in_epoch, step = state["epoch"], state["batch_in_epoch"], state["step"]
-        best, elapsed, partial = state["best_val_acc1"], state["elapsed_s"], state["partial"]
-        rngs = state["rng"]
-        if len(rngs) == procs.world:
-            set_rng_state(rngs[procs.rank])
-        log.info(f"resumed from {resume_from}: epoch {epoch + 1}, batch {batch_in_epoch}, step {step}")
-
-    net = model
-    if procs.world > 1:
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if tc.compile:
-        # a Hydra sweep runs its jobs in one process: fresh caches, so earlier jobs' graphs do
-        # not count towards dynamo's recompile limit (past it, a model silently runs eager)
-        torch._dynamo.reset()
-        net = torch.compile(net)
-
-    if procs.is_main:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-    runlog = RunLog(run_dir, procs.is_main, step if step else None, epoch)
-    params = sum(p.numel() for p in model.parameters())
-    log.info(
-        f"{params:,} parameters, {steps_per_epoch} steps per epoch on {procs.world} x {device}, "
-        f"precision {str(amp_dtype).replace('torch.', '') if amp_dtype else 'fp32'}, run dir {run_dir}"
-    )
-    show_bar = procs.is_main and sys.stderr.isatty()
-    grid = model.grid_for(*model.img_size)
-
-    def checkpoint_state(done_epochs: int, batch: int, epoch_partial: dict) -> dict:
-        rngs = [None] * procs.world
-        if procs.world > 1:
-            torch.distributed.all_gather_object(rngs, rng_state())
-        else:
-            rngs = [rng_state()]
-        return {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "epoch": done_epochs,
-            "batch_in_epoch": batch,
-            "step": step,
-            "best_val_acc1": best,
-            "elapsed_s": elapsed + time.time() - t_start,
-            "partial": epoch_partial,
-            "rng": rngs,
-            "config": OmegaConf.to_container(cfg, resolve=True),
-        }
-
-    # --- the loop ----------------------------------------------------------------------------
-    history = runlog.history() if procs.is_main else []
-    while epoch < tc.epochs:
-        t_epoch = time.time()
-        model.train()
-        train_batches.set_epoch(epoch, batch_in_epoch)
-        loss_sum = torch.tensor(partial["loss_sum"], device=device, dtype=torch.float64)
-        window: list[torch.Tensor] = []
-        bar = tqdm(
-            total=steps_per_epoch,
-            initial=batch_in_epoch,
-            desc=f"epoch {epoch + 1}/{tc.epochs}",
-            disable=not show_bar,
-            leave=False,
-            dynamic_ncols=True,
-        )
-        t_train = time.time()
-        waiting = WaitClock(prepared(train_batches), device)
-        for x, targets in waiting:
-            with autocast():
-                loss = criterion(net(x), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if oc.clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), oc.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            if ema is not None:
-                ema.update(model, step=step)
-            step += 1
-            batch_in_epoch += 1
-            window.append(loss.detach())
-            bar.update()
-
-            synced = step % tc.log_every == 0 or batch_in_epoch == steps_per_epoch
-            if synced:  # one sync every few steps: NaN check, logging, stop agreement across ranks
-                losses = torch.stack(window).double()
-                window = []
-                check_finite(losses, step, epoch, ckpt_dir)
-                loss_sum += losses.sum()
-                stop_votes = torch.tensor(float(stop.signum > 0), device=device, dtype=torch.float64)
-                interval = distributed.all_reduce_sum(torch.stack([losses.mean(), stop_votes]))
-                mean_loss, stopping = interval[0].item() / procs.world, interval[1].item() > 0
-                lr = scheduler.get_last_lr()[0]
-                runlog.scalars({"train/loss": mean_loss, "train/lr": lr}, step)
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-            else:
-                stopping = procs.world == 1 and stop.signum > 0
-            if stopping:
-                if window:  # never save weights that a NaN has reached
-                    check_finite(torch.stack(window).double(), step, epoch, ckpt_dir)
-                    loss_sum += torch.stack(window).double().sum()
-                epoch_partial = {"loss_sum": loss_sum.item(), "train_s": partial["train_s"] + time.time() - t_train}
-                state = checkpoint_state(epoch, batch_in_epoch, epoch_partial)
-                if procs.is_main:
-                    save_atomic(state, ckpt_dir / "last.pt")
-                    log.info(
-                        f"stopped by signal {stop.signum or 'on another rank'} at epoch {epoch + 1}, "
-                        f"step {step}; saved {ckpt_dir / 'last.pt'}; continue with "
-                        f"hydra.run.dir={run_dir} resume=auto"
-                    )
-                bar.close()
-                runlog.close()
-                return {"stopped": stop.signum or signal.SIGTERM}
-        bar.close()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        session_s = time.time() - t_train  # this session's part of the epoch (all of it unless resumed)
-        train_s = partial["train_s"] + session_s
-        train_loss = distributed.all_reduce_sum(loss_sum.clone()).item() / (procs.world * steps_per_epoch)
-
-        # the eager model: a compiled one would recompile for eval mode and the short last batch
-        val = evaluate(model, val_batches, mean, std, autocast)
-        record = {
-            "epoch": epoch + 1,
-            "step": step,
-            "train_loss": train_loss,
-            "val_loss": val["loss"],
-            "val_acc1": val["acc1"],
-            "val_acc5": val["acc5"],
-            "lr": scheduler.get_last_lr()[0],
-            "images_per_sec": steps_per_epoch * data.batch_size / train_s,
-            "data_wait_frac": waiting.seconds / session_s,
-        }
-        if ema is not None:
-            ema_val = evaluate(ema.module, val_batches, mean, std, autocast)
-            record.update(ema_val_loss=ema_val["loss"], ema_val_acc1=ema_val["acc1"], ema_val_acc5=ema_val["acc5"])
-        record["epoch_s"] = time.time() - t_epoch
-        epoch += 1
-        batch_in_epoch, partial = 0, {"loss_sum": 0.0, "train_s": 0.0}
-        is_best = record["val_acc1"] > best
-        best = max(best, record["val_acc1"])
-
-        state = checkpoint_state(epoch, 0, partial)
-        if procs.is_main:  # best first: should last.pt then fail, a resume redoes this epoch, logged once
-            if is_best:
-                save_atomic(state, ckpt_dir / "best.pt")
-            save_atomic(state, ckpt_dir / "last.pt")
-        runlog.epoch(record)
-        history.append(record)
-        runlog.scalars(
-            {
-                "val/loss": record["val_loss"],
-                "val/acc1": record["val_acc1"],
-                "val/acc5": record["val_acc5"],
-                "train/images_per_sec": record["images_per_sec"],
-                "train/data_wait_frac": record["data_wait_frac"],
-                "time/epoch_s": record["epoch_s"],
-                **({"val_ema/acc1": record["ema_val_acc1"]} if ema is not None else {}),
-            },
-            step,
-        )
-        table = model.pos_embed.position_table(grid)
-        if table is not None and procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
-            from vit.studies.figures import similarity_figure  # matplotlib, only for the schemes that have a table
-
-            runlog.figure("pos_embed/similarity", similarity_figure(table, grid), step)
-        log.info(
-            f"epoch {epoch}/{tc.epochs}  train loss {train_loss:.4f}  val loss {val['loss']:.4f}  "
-            f"acc1 {val['acc1']:.2f}  acc5 {val['acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
-            f"{record['epoch_s']:.1f}s"
-        )
-
-    # --- the end -----------------------------------------------------------------------------
-    if not procs.is_main:
-        runlog.close()
-        return {"best_val_acc1": best}
-    # throughput over all epochs, including those of earlier sessions of a resumed run
-    images = len(history) * steps_per_epoch * data.batch_size
-    train_seconds = sum(steps_per_epoch * data.batch_size / r["images_per_sec"] for r in history)
-    summary = {
-        "best_val_acc1": max(r["val_acc1"] for r in history),
-        "final_val_acc1": history[-1]["val_acc1"],
-        "final_val_acc5": history[-1]["val_acc5"],
-        "params": params,
-        "train_images_per_sec": images / train_seconds,
-        "wall_time_s": elapsed + time.time() - t_start,
-        "epochs": tc.epochs,
-        "data": data.name,
-        # without Hydra's choices (called from Python), the scheme's module: rope_2d.py for rope_2d
-        "pos_embed": choices.get("model/pos_embed") or cfg.model.pos_embed._target_.split(".")[-2],
-        "overrides": overrides,
-        "device": str(device),
-        "world_size": procs.world,
-    }
-    if ema is not None:
-        summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in history)
-        summary["final_ema_val_acc1"] = history[-1]["ema_val_acc1"]
-    runlog.finish(summary, cfg, step)
-    runlog.close()
-    log.info(
-        f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
-        f"{summary['wall_time_s']:.0f}s; {run_dir}"
-    )
-    return summary
-
-
-ARCHITECTURE = {"model": None, "data": ("name", "img_size", "in_chans", "num_classes", "classes")}
-TRAINING_ONLY = ("drop_path_rate", "dropout")  # may change between sessions of a run
-
-
-def check_same_model(saved: dict, cfg: DictConfig) -> None:
-    """Refuse, in one line, to resume a checkpoint of another model or dataset."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    for group, keys in ARCHITECTURE.items():
-        old, new = saved.get(group, {}), current[group]
-        for key in keys or sorted(set(old) | set(new)):
-            if key not in TRAINING_ONLY and old.get(key) != new.get(key):
-                raise CheckpointError(
-                    f"the checkpoint was trained with {group}.{key}={old.get(key)}, this run has {new.get(key)}"
-                )
