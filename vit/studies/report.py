@@ -153,27 +153,13 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
 
 
 def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
-    results, summary = result_rows(runs), summary_rows(runs)
-    write_csv(out / "results.csv", results)
+    """results.csv, summary.csv, the plots, and report.md that shows them."""
+    summary = summary_rows(runs)
+    write_csv(out / "results.csv", result_rows(runs))
     write_csv(out / "summary.csv", summary)
     plot_curves(runs, out / "curves.png")
     plot_resolutions(runs, out / "resolutions.png")
     has_maps = plot_similarity(runs, out / "similarity.png")
-
-    sizes = sorted(
-        {k for r in summary for k in r if k.startswith("acc1_at_") and k.endswith("_mean")},
-        key=lambda k: int(k.split("_")[2][:-2]),
-    )
-    header = [
-        "scheme",
-        "seeds",
-        "final top-1",
-        "best top-1",
-        *[k.split("_")[2] for k in sizes],
-        "shuffled patches",
-        "scheme params",
-        "images/s",
-    ]
     lines = [
         f"# Ablation `{name}`",
         "",
@@ -183,22 +169,13 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         'image sizes with no fine-tuning; "shuffled patches" permutes the patches of each '
         "validation image.",
         "",
-        "| " + " | ".join(header) + " |",
-        "|" + " --- |" * len(header),
+        *results_table(summary),
+        "",
+        "## Reading",
+        "",
+        *[f"- {s}" for s in reading(summary, runs)],
+        "",
     ]
-    for row in summary:
-        cells = [
-            row["label"],
-            str(row["seeds"]),
-            fmt(row, "final_acc1"),
-            fmt(row, "best_acc1"),
-            *[fmt(row, k[:-5]) for k in sizes],
-            fmt(row, "shuffled_acc1"),
-            f"{row['scheme_params_mean']:,.0f}" if "scheme_params_mean" in row else "–",
-            f"{row['images_per_sec_mean']:,.0f}" if "images_per_sec_mean" in row else "–",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "## Reading", "", *[f"- {s}" for s in reading(summary, runs)], ""]
     failed = [r for r in runs if r.status != "finished"]
     if failed:
         lines += ["## Runs that did not finish", ""]
@@ -210,14 +187,33 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         "![validation accuracy](curves.png)",
         "",
         "![accuracy at other resolutions](resolutions.png)",
-        "",
     ]
-    if has_maps:
-        lines += ["![position similarity](similarity.png)", ""]
+    lines += ["", "![position similarity](similarity.png)", ""] if has_maps else [""]
     lines += [
-        "Per-run numbers: `results.csv`; per-scheme: `summary.csv`. Curves of every run: "
-        f"`tensorboard --logdir {out}`.",
+        "Per-run numbers: `results.csv`; per-scheme: `summary.csv`. "
+        f"Curves of every run: `tensorboard --logdir {out}`.",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"
+
+
+def results_table(summary: list[dict]) -> list[str]:
+    """The markdown table: one row per scheme, a column per test resolution."""
+    sizes = sorted(
+        {k for r in summary for k in r if k.startswith("acc1_at_") and k.endswith("_mean")},
+        key=lambda k: int(k.split("_")[2][:-2]),
+    )
+    header = ["scheme", "seeds", "final top-1", "best top-1", *[k.split("_")[2] for k in sizes]]
+    header += ["shuffled patches", "scheme params", "images/s"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for row in summary:
+        cells = [row["label"], str(row["seeds"]), fmt(row, "final_acc1"), fmt(row, "best_acc1")]
+        cells += [fmt(row, k[:-5]) for k in sizes]
+        cells += [
+            fmt(row, "shuffled_acc1"),
+            f"{row['scheme_params_mean']:,.0f}" if "scheme_params_mean" in row else "–",
+            f"{row['images_per_sec_mean']:,.0f}" if "images_per_sec_mean" in row else "–",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
