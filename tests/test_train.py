@@ -5,25 +5,30 @@ is about the command line starts `scripts/train.py`: exit codes and one-line err
 SIGTERM, torchrun.
 """
 
+import contextlib
 import errno
 import json
+import logging
 import os
+import random
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data_files import make_cifar10_archive, make_class_folders
-from runs import TINY, metrics, one_error_line, script, train, train_command
+from runs import ROOT, TINY, metrics, one_error_line, script, train, train_command
 from vit.cli import ConfigError
 from vit.errors import TrainingError
 from vit.training import checkpoint
-from vit.training.checkpoint import CheckpointError, load_checkpoint
+from vit.training.checkpoint import CHECKPOINTS, CheckpointError, load_checkpoint
 from vit.training.data import DataError
 
 PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", "trainer.epochs=1", *TINY]
@@ -168,7 +173,39 @@ def test_cifar_archive_through_torchvisions_parser(tmp_path, policy):
     assert record["val_acc1"] * 16 / 100 == pytest.approx(round(record["val_acc1"] * 16 / 100))
 
 
-def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs"
+
+
+def kill_9_during_a_checkpoint_write(proc: subprocess.Popen, folder) -> bool:
+    """Watch `folder` (without sleeping) and SIGKILL the process while it writes a new
+    last.pt over an earlier one; False if the run ended first."""
+    while proc.poll() is None:
+        with contextlib.suppress(FileNotFoundError):
+            names = os.listdir(folder)
+            if "last.pt.tmp" in names and ("last.pt" in names or "previous.pt" in names):
+                proc.kill()
+                proc.wait()
+                return True
+    return False
+
+
+def kill_9_while_training(proc: subprocess.Popen, log, sessions: int, after: float) -> None:
+    """SIGKILL the process `after` seconds into its training: once its log shows the
+    `sessions`-th start of training in that run folder."""
+    deadline = time.time() + 120
+    while proc.poll() is None and log.read_text().count(" parameters, ") < sessions:
+        assert time.time() < deadline
+        time.sleep(0.01)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=after)
+    proc.kill()
+
+
+def test_interrupted_and_killed_runs_resume_to_bit_identical_weights(tmp_path):
     # dropout, stochastic depth, mixup and EMA all draw randomness or carry state
     args = [
         "experiment=digits",
@@ -184,6 +221,7 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     ]
     full = tmp_path / "full"
     train(full, *args)
+    reference = load_checkpoint(full / "checkpoints" / "last.pt")
 
     # a real SIGTERM to a real process: it saves, and exits 143 so that a scheduler requeues it
     cut = tmp_path / "cut"
@@ -201,11 +239,7 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     assert 1 <= stopped["epoch"] < 3
 
     train(cut, *args, "resume=auto")
-    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(cut / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"]
-    for part in ("model", "ema"):
-        for name, tensor in a[part].items():
-            assert torch.equal(tensor, b[part][name]), f"{part}.{name} differs"
+    assert_same_weights(reference, load_checkpoint(cut / "checkpoints" / "last.pt"))
     assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3]  # each epoch logged once
     assert [r["val_acc1"] for r in metrics(cut)] == [r["val_acc1"] for r in metrics(full)]
     events = EventAccumulator(str(cut))
@@ -216,6 +250,24 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tmp_path):
     summary = (cut / "summary.json").read_text()
     assert train(cut, *args, "resume=auto") == json.loads(summary)
     assert (cut / "summary.json").read_text() == summary
+
+    # kill -9, no chance to save: first while a checkpoint is being written, then at random moments
+    killed, moments = tmp_path / "killed", random.Random(0)
+    command = train_command(killed, *args, "resume=auto")
+    proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    (killed / "checkpoints").mkdir(parents=True)
+    assert kill_9_during_a_checkpoint_write(proc, killed / "checkpoints"), proc.stderr.read()[-3000:]
+    for attempt in range(8):
+        proc = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < 4:  # at a random moment of its training (about a second in all)
+            kill_9_while_training(proc, killed / "train.log", sessions=attempt + 2, after=moments.uniform(0, 1.0))
+        _, err = proc.communicate(timeout=300)
+        if proc.returncode == 0:  # it ran to the end before the kill
+            break
+    assert proc.returncode == 0, err[-3000:]
+    assert_same_weights(reference, load_checkpoint(killed / "checkpoints" / "last.pt"))
+    assert [r["epoch"] for r in metrics(killed)] == [1, 2, 3]
+    assert [r["val_acc1"] for r in metrics(killed)] == [r["val_acc1"] for r in metrics(full)]
 
 
 def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
@@ -244,6 +296,80 @@ def test_unreadable_checkpoints_are_refused_without_running_them(tmp_path):
         train(tmp_path / "c", *PROBE, f"resume={tmp_path / 'nowhere.pt'}")
     with pytest.raises(CheckpointError, match="model.embed_dim=32, this run has 64"):
         train(tmp_path / "d", *PROBE, f"resume={good}", "model.embed_dim=64")
+
+
+def test_a_damaged_last_checkpoint_falls_back_to_the_newest_readable_one(tmp_path, caplog):
+    run, args = tmp_path / "run", [*PROBE, "trainer.epochs=3"]
+    train(run, *args)
+    folder = run / "checkpoints"
+    intact = load_checkpoint(folder / "last.pt")
+    assert load_checkpoint(folder / "previous.pt")["epoch"] == 2  # the last.pt before, kept
+    for name in ("last.pt", "best.pt"):  # truncated, as by a failing disk
+        (folder / name).write_bytes((folder / name).read_bytes()[:1000])
+
+    with caplog.at_level(logging.INFO, logger="vit"):
+        train(run, *args, "resume=auto")
+    assert "last.pt is not a checkpoint this trainer can read" in caplog.text
+    assert f"going on from {folder / 'previous.pt'} (epoch 2, step" in caplog.text
+    resumed = load_checkpoint(folder / "last.pt")  # epoch 3 trained again, to the same weights
+    assert resumed["epoch"] == 3 and all(torch.equal(t, resumed["model"][k]) for k, t in intact["model"].items())
+    assert [r["epoch"] for r in metrics(run)] == [1, 2, 3]
+
+    for name in CHECKPOINTS:
+        (folder / name).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="none of the checkpoints in .* can be read") as raised:
+        train(run, *args, "resume=auto")
+    assert len(str(raised.value).splitlines()) == 1
+
+
+def test_a_resume_that_would_change_the_run_is_refused(tmp_path):
+    run, args = tmp_path / "run", [*PROBE, "trainer.epochs=2", "data.batch_size=64"]
+    train(run, *args)
+    for override, message in [
+        ("data.batch_size=32", "data.batch_size=64, this run has 32"),
+        ("trainer.epochs=3", "trainer.epochs=2, this run has 3"),
+        ("optim.lr=0.01", "optim.lr="),
+        ("seed=7", "seed=0, this run has 7"),
+    ]:
+        with pytest.raises(CheckpointError, match=message) as raised:
+            train(run, *args, override, "resume=auto")
+        assert len(str(raised.value).splitlines()) == 1
+    # another number of processes: their random streams cannot be shared out again
+    state = load_checkpoint(run / "checkpoints" / "previous.pt")
+    state["world_size"], state["rng"] = 2, state["rng"] * 2
+    two = tmp_path / "two.pt"
+    torch.save(state, two)
+    with pytest.raises(CheckpointError, match="saved by 2 process.*this run has 1"):
+        train(tmp_path / "other", *args, f"resume={two}")
+    with pytest.raises(TrainingError, match="has finished all 2 epochs: nothing to train"):
+        train(tmp_path / "other", *args, f"resume={run / 'checkpoints' / 'last.pt'}")
+
+
+def test_resuming_a_checkpoint_without_an_ema_starts_the_ema_from_its_weights(tmp_path):
+    train(tmp_path / "a", *PROBE, "trainer.epochs=2")
+    start = load_checkpoint(tmp_path / "a" / "checkpoints" / "previous.pt")
+    assert start["epoch"] == 1 and start["ema"] is None
+    # decay 1: the EMA never moves from where it started
+    args = ["trainer.ema=true", "trainer.ema_decay=1.0", f"resume={tmp_path / 'a' / 'checkpoints' / 'previous.pt'}"]
+    train(tmp_path / "b", *PROBE, "trainer.epochs=2", *args)
+    ema = load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pt")["ema"]
+    for name, tensor in start["model"].items():
+        assert torch.equal(ema[f"module.{name}"], tensor), name
+
+
+def test_a_checkpoint_saved_before_the_package_moved_still_loads(tmp_path):
+    run = tmp_path / "run"
+    train(run, *PROBE)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    old = state["config"]
+    old["model"]["_target_"] = "vit.model.VisionTransformer"
+    old["model"]["pos_embed"]["_target_"] = "vit.pos_embed.learned_1d.Learned1d"
+    old["data"]["_target_"] = "vit.data.probe.PositionProbe"
+    torch.save(state, tmp_path / "old.pt")
+    moved = load_checkpoint(tmp_path / "old.pt")["config"]
+    assert moved["model"]["pos_embed"]["_target_"] == "vit.model.pos_embed.learned_1d.Learned1d"
+    assert moved["data"]["_target_"] == "vit.training.data.probe.PositionProbe"
+    assert moved == load_checkpoint(run / "checkpoints" / "last.pt")["config"]
 
 
 def test_diverging_loss_stops_naming_the_step(tmp_path):
@@ -386,6 +512,76 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
     # one run directory, written by rank 0 only
     assert len(list(two.glob("events.out.tfevents.*"))) == 1 and len(metrics(two)) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
+def test_every_process_keeps_rank_0s_ema_under_torchrun(tmp_path):
+    run, emas = tmp_path / "run", tmp_path / "emas"
+    emas.mkdir()
+    args = ["experiment=probe", "trainer.epochs=2", "data.num_train=256", "data.num_val=128", "data.batch_size=64"]
+    args += TINY
+    # the EMA starts on a resume, from a checkpoint saved without one: where the processes
+    # would start from different weights if each made its EMA from its own initialisation
+    train(tmp_path / "first", *args)
+    state = load_checkpoint(tmp_path / "first" / "checkpoints" / "previous.pt")
+    state["world_size"], state["rng"] = 2, state["rng"] * 2  # as if saved by 2 processes
+    torch.save(state, tmp_path / "start.pt")
+    args += ["trainer.ema=true", "trainer.ema_decay=0.9", f"resume={tmp_path / 'start.pt'}", f"hydra.run.dir={run}"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    proc = subprocess.run(
+        [*torchrun, str(ROOT / "tests" / "ema_on_every_rank.py"), str(run), str(emas), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    saved = sorted(emas.glob("ema-step*-rank0.pt"))
+    assert len(saved) == 1  # the one epoch left: one checkpoint
+    for rank0 in saved:
+        ema0, ema1 = torch.load(rank0), torch.load(str(rank0).replace("rank0", "rank1"))
+        for name, tensor in ema0.items():
+            assert torch.equal(tensor, ema1[name]), f"{rank0.name}: {name} differs on rank 1"
+
+    # the EMA metrics are those of that one EMA: evaluated here, alone, on the whole split
+    from vit.cli import build_model, compose, instantiate_group
+    from vit.training.trainer import evaluate
+
+    cfg = compose("train", args)
+    model = build_model(cfg)
+    model.load_state_dict({k.removeprefix("module."): v for k, v in torch.load(saved[-1]).items()})
+    data = instantiate_group(cfg, "data")
+    _, val = data.loaders(torch.device("cpu"), 0, 1, cfg.seed)
+    mean, std = torch.tensor(data.mean), torch.tensor(data.std)
+    alone = evaluate(model, val, mean, std, contextlib.nullcontext)
+    logged = metrics(run)[-1]
+    assert logged["ema_val_acc1"] == pytest.approx(alone["acc1"], abs=100 / 128 + 1e-9)  # at most one image apart
+    assert logged["ema_val_loss"] == pytest.approx(alone["loss"], rel=1e-4)
+
+
+def test_mixup_checks_each_processs_batch_and_draws_the_same_on_every_process():
+    from vit.training.trainer import build_mixup, prepared_batches
+
+    def data(batch_size):
+        return SimpleNamespace(mixup=0.8, cutmix=1.0, batch_size=batch_size, num_classes=10)
+
+    with pytest.raises(ConfigError, match="even batch on each process: data.batch_size=6 on 2 processes gives 3"):
+        build_mixup(data(6), 0.1, world=2)
+    mixup, _ = build_mixup(data(8), 0.1, world=2)
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    batches = [(images, torch.arange(4))] * 3  # the same images at every step: only the draws differ
+    run = SimpleNamespace(steps_per_epoch=3, mean=torch.zeros(3), std=torch.ones(3), mixup=mixup)
+    run.cfg = SimpleNamespace(seed=0)
+
+    def mixed(process_seed, first_batch=0):
+        np.random.seed(process_seed)  # each process's own numpy stream
+        run.train_batches = batches[first_batch:]
+        return [x for x, _ in prepared_batches(run, epoch=1, first_batch=first_batch)]
+
+    rank0, rank1 = mixed(1), mixed(2)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))  # the same draws everywhere
+    assert not torch.equal(rank0[0], rank0[1])  # another step, other draws
+    assert all(torch.equal(a, b) for a, b in zip(rank0[1:], mixed(3, first_batch=1), strict=True))  # resumed
 
 
 class HostEvent:

@@ -46,6 +46,8 @@ def where_run_stands(cfg: DictConfig, run_dir: Path, world: int) -> Start:
     if cfg.resume != "auto":
         state = load_checkpoint(cfg.resume)
         check_same_run(state, cfg, world)
+        if state["epoch"] >= cfg.trainer.epochs:
+            raise TrainingError(f"{cfg.resume} has finished all {cfg.trainer.epochs} epochs: nothing to train")
         return Start(checkpoint=state, source=Path(cfg.resume))
     found = newest_readable(folder)
     if found is None:

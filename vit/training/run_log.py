@@ -7,6 +7,7 @@ TensorBoard purges events at or after its step, so every epoch is logged exactly
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -23,12 +24,14 @@ class RunLog:
             return
         self.writer = SummaryWriter(str(run_dir), purge_step=resume_step)
         kept = [r for r in self.history() if r["epoch"] <= epochs_done] if resume_step is not None else []
-        self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def history(self) -> list[dict]:
+        """The epochs logged so far. A line a kill cut short (no newline yet) is not one."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        whole = self.metrics_path.read_text().split("\n")[:-1]
+        return [json.loads(line) for line in whole if line.strip()]
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.enabled:
@@ -47,7 +50,7 @@ class RunLog:
     def finish(self, summary: dict, cfg: DictConfig, step: int) -> None:
         if not self.enabled:
             return
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_atomic(self.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         metrics = {
             "hparams/best_val_acc1": summary["best_val_acc1"],
             "hparams/final_val_acc1": summary["final_val_acc1"],
@@ -59,6 +62,13 @@ class RunLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """A file that a kill leaves either as it was or whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, float | int | str | bool]:
