@@ -34,9 +34,12 @@ def vit_matmul_flops(
 @pytest.mark.parametrize("patch_embed", ["conv", "linear"])
 def test_forward_flops_are_the_models_matrix_products(scheme, pool, patch_embed):
     # a scheme adds no matrix products, whichever attention kernel it gets (a bias takes the
-    # math kernel, the others a fused one): every scheme costs the same model FLOPs
+    # math kernel, the others a fused one), except a convolution over the patch grid (cpe):
+    # same-padded, it costs one multiply-add per weight at each of the 16 patch positions
     model = tiny_vit(patch_embed, pool, scheme).eval()  # 16 px, patch 4, width 32, 2 blocks, MLP 128, 7 classes
     expected = vit_matmul_flops(img=16, patch=4, chans=3, dim=32, depth=2, mlp=128, classes=7, cls=pool == "cls")
+    convs = [m for m in model.pos_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    expected += sum(2 * 16 * conv.weight.numel() for conv in convs)
     assert forward_flops(model, torch.zeros(3, 3, 16, 16)) == 3 * expected  # a batch of 3
 
 
@@ -105,8 +108,10 @@ def test_benchmark_script_table_and_json(tmp_path):
     assert rows["timm learned_1d conv"]["params"] == reference["params"]  # the same model
     # 32 px CIFAR images, patch 4, width 48, 1 block, MLP ratio 2, 10 classes; x3 for a training step
     flops = 3 * vit_matmul_flops(img=32, patch=4, chans=3, dim=48, depth=1, mlp=96, classes=10, cls=True)
-    for name in expected - {"ours learned_1d conv_stem"}:  # the same for timm's model and every scheme
-        assert rows[name]["train_gflops_per_image"] == pytest.approx(flops / 1e9, rel=1e-12), name
+    peg = 3 * 2 * (32 // 4) ** 2 * 48 * 9  # cpe: a 3x3 depthwise convolution over the 8x8 grid
+    for name in expected - {"ours learned_1d conv_stem"}:  # the same for timm's model and every other scheme
+        extra = peg if name == "ours cpe conv" else 0
+        assert rows[name]["train_gflops_per_image"] == pytest.approx((flops + extra) / 1e9, rel=1e-12), name
     assert rows["ours learned_1d conv_stem"]["train_gflops_per_image"] > reference["train_gflops_per_image"]
     for row in rows.values():
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None

@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from conftest import tiny_vit
+from vit.model.pos_embed.alibi_2d import Alibi2d
+from vit.model.pos_embed.cpe import ConditionalPosition
 from vit.model.pos_embed.learned_1d import Learned1d
 from vit.model.pos_embed.relative_bias import RelativeBias
 from vit.model.pos_embed.rope_2d import Rope2d, rotate
+from vit.model.pos_embed.rope_mixed import RopeMixed
 from vit.model.pos_embed.sincos_2d import SinCos2d
 
 
@@ -187,3 +190,89 @@ def test_rope_rotates_pairs_by_row_then_column_frequencies():
     expected = torch.cat([r * omega, c * omega]).cos()
     torch.testing.assert_close(cos[r * 4 + c], torch.cat([expected, expected]))
     assert list(s.parameters()) == []
+
+
+# rope_mixed
+
+
+def test_rope_mixed_with_axial_frequencies_is_rope_2d_exactly():
+    axial = scheme(Rope2d, grid=(3, 4), dim=64, heads=4, theta=100.0)  # head width 16
+    mixed = scheme(RopeMixed, grid=(3, 4), dim=64, heads=4)
+    omega = 100.0 ** -(torch.arange(4) * 4 / 16)
+    with torch.no_grad():
+        mixed.freqs.zero_()
+        mixed.freqs[..., :4, 0] = omega  # the first quarter of the pairs follows rows,
+        mixed.freqs[..., 4:, 1] = omega  # the second quarter columns
+    q, k = torch.randn(2, 2, 4, 13, 16).unbind(0)
+    for grid in [(3, 4), (5, 2)]:
+        for hook_a, hook_m in zip(axial.attention_hooks(grid), mixed.attention_hooks(grid), strict=True):
+            qa, ka, _ = hook_a(q[..., : 1 + grid[0] * grid[1], :], k[..., : 1 + grid[0] * grid[1], :])
+            qm, km, _ = hook_m(q[..., : 1 + grid[0] * grid[1], :], k[..., : 1 + grid[0] * grid[1], :])
+            assert torch.equal(qa, qm) and torch.equal(ka, km)
+
+
+def test_rope_mixed_starts_as_the_paper_does_and_learns_per_block_and_head():
+    s = scheme(RopeMixed, grid=(3, 4), dim=64, heads=4, depth=3)  # head width 16: 8 pairs
+    assert s.freqs.shape == (3, 4, 8, 2) and s.freqs.requires_grad
+    magnitude = 10.0 ** -(torch.arange(4) * 4 / 16)
+    norms = s.freqs.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.cat([magnitude, magnitude]).expand(3, 4, 8))
+    direction = torch.atan2(s.freqs[..., 0], s.freqs[..., 1])  # angle of (fx, fy)
+    first, second = direction[..., :4], direction[..., 4:]
+    torch.testing.assert_close(first, first[..., :1].expand_as(first))  # one direction per head,
+    turn = torch.remainder(second - first, 2 * math.pi)
+    torch.testing.assert_close(turn, torch.full_like(turn, math.pi / 2))  # the other quarter at 90 degrees
+    assert len({round(d, 4) for d in first[..., 0].flatten().tolist()}) == 12  # random per block and head
+
+
+@pytest.mark.parametrize("grid", [(3, 4), (6, 5)])
+def test_rope_mixed_scores_depend_only_on_the_2d_offset(grid):
+    s = scheme(RopeMixed, grid=(3, 4), dim=64, heads=4)
+    n = 1 + grid[0] * grid[1]
+    q = torch.randn(16, dtype=torch.float64).expand(1, 4, n, -1)
+    k = torch.randn(16, dtype=torch.float64).expand(1, 4, n, -1)
+    q_rot, k_rot, bias = s.attention_hooks(grid)[1](q, k)
+    assert bias is None
+    scores = (q_rot @ k_rot.transpose(-1, -2))[0]
+    assert_depends_only_on_offset(scores, grid, first=1)
+    assert torch.equal(q_rot[..., 0, :], q[..., 0, :])  # class token unrotated
+
+
+# cpe
+
+
+def test_cpe_mixes_neighbours_after_the_first_block_and_leaves_the_class_token():
+    s = scheme(ConditionalPosition, grid=(3, 4), dim=8)
+    assert sum(p.numel() for p in s.parameters()) == 10 * 8  # a 3x3 kernel and a bias per channel
+    x = torch.randn(2, 1 + 12, 8)
+    assert torch.equal(s.after_block(x, (3, 4), 1), x)  # only after block 0
+    out = s.after_block(x, (3, 4), 0)
+    assert torch.equal(out[:, 0], x[:, 0])
+    patch = x[:, 1:].reshape(2, 3, 4, 8)
+    r, c = 1, 2  # an interior patch: its 3x3 neighbourhood through the depthwise kernel, plus itself
+    window = patch[:, r - 1 : r + 2, c - 1 : c + 2]  # (B, 3, 3, D)
+    kernel = s.peg.weight[:, 0].permute(1, 2, 0)  # (3, 3, D)
+    expected = patch[:, r, c] + (window * kernel).sum(dim=(1, 2)) + s.peg.bias
+    torch.testing.assert_close(out[:, 1 + r * 4 + c], expected)
+
+
+def test_cpe_tells_border_from_interior_and_runs_on_any_grid():
+    s = scheme(ConditionalPosition, grid=(3, 4), prefix=0, dim=8)
+    same = torch.ones(1, 5 * 6, 8)  # every patch alike: only the zero padding can tell them apart
+    out = s.after_block(same, (5, 6), 0).reshape(5, 6, 8)
+    assert not torch.allclose(out[0, 0], out[2, 2]) and torch.allclose(out[2, 2], out[2, 3])
+
+
+# alibi_2d
+
+
+def test_alibi_2d_is_minus_slope_times_distance_with_alibis_slopes():
+    s = scheme(Alibi2d, grid=(3, 4), dim=32, heads=4)
+    assert list(s.parameters()) == []
+    bias = s.attention_hooks((3, 4))[0](torch.zeros(1, 4, 13, 8), torch.zeros(1, 4, 13, 8))[2]
+    slopes = torch.tensor([2**-2, 2**-4, 2**-6, 2**-8])  # 2^(-8h/H), H = 4
+    for i, j, (dr, dc) in offset_pairs((3, 4)):
+        torch.testing.assert_close(bias[:, 1 + i, 1 + j], -slopes * math.hypot(dr, dc))
+    assert not bias[:, 0].any() and not bias[:, :, 0].any()  # the class token: no bias
+    larger = s.attention_hooks((5, 6))[0](torch.zeros(1, 4, 31, 8), torch.zeros(1, 4, 31, 8))[2]
+    torch.testing.assert_close(larger[:, 1, 30], -slopes * math.hypot(4, 5))  # recomputed, not resampled

@@ -1,7 +1,8 @@
 """The Vision Transformer (Dosovitskiy et al. 2021), assembled from swappable parts.
 
     image -> patch embedding -> [class token] -> positional scheme (tokens) -> dropout
-          -> depth x Block (positional scheme inside attention) -> pool -> norm -> head
+          -> depth x (Block (positional scheme inside attention) -> positional scheme (after
+             the block)) -> pool -> norm -> head
 
 `patch_embed` and `pos_embed` are factories (a class, or the partial that Hydra builds from
 `configs/model/patch_embed/*.yaml` and `configs/model/pos_embed/*.yaml`), called with the
@@ -87,8 +88,8 @@ class VisionTransformer(nn.Module):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         x = self.pos_drop(self.pos_embed.add_to_tokens(x, grid))
         hooks = self.pos_embed.attention_hooks(grid) or [None] * len(self.blocks)
-        for block, hook in zip(self.blocks, hooks, strict=True):
-            x = block(x, hook)
+        for index, (block, hook) in enumerate(zip(self.blocks, hooks, strict=True)):
+            x = self.pos_embed.after_block(block(x, hook), grid, index)
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """The interface every positional scheme implements.
 
 Self-attention is permutation-equivariant: without position information a ViT cannot
-tell where a patch came from. A scheme can answer that in two places, and each method
+tell where a patch came from. A scheme can answer that in three places, and each method
 below is one of them. The defaults do nothing, so a scheme overrides only what it uses.
 
 - ``add_to_tokens(x, grid)``: tokens ``(B, prefix + Gh*Gw, D)`` in, tokens out
@@ -11,6 +11,9 @@ below is one of them. The defaults do nothing, so a scheme overrides only what i
   ``scaled_dot_product_attention``; ``attn_bias`` is an additive ``(heads, N, N)`` float
   mask or ``None`` (relative position bias, rotary embedding). ``None`` instead of the
   list means the scheme does nothing inside attention.
+- ``after_block(x, grid, index)``: tokens ``(B, prefix + Gh*Gw, D)`` in, tokens out, after
+  block ``index`` (0-based), before the next (conditional encodings, which mix each patch
+  with its neighbours on the grid).
 - ``position_table(grid)``: the ``(Gh*Gw, D)`` vectors that encode each patch position, for
   inspection (the similarity maps in TensorBoard), or ``None`` if the scheme has none.
 
@@ -54,6 +57,9 @@ class PositionalScheme(nn.Module):
 
     def attention_hooks(self, grid: tuple[int, int]) -> list[AttentionHook] | None:
         return None
+
+    def after_block(self, x: Tensor, grid: tuple[int, int], index: int) -> Tensor:
+        return x
 
     def position_table(self, grid: tuple[int, int]) -> Tensor | None:
         return None
