@@ -1,5 +1,6 @@
 """Small data in the real on-disk formats, for the real loaders."""
 
+import gzip
 import pickle
 import tarfile
 from pathlib import Path
@@ -45,4 +46,23 @@ def make_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=(12,
                 pixels = rng.integers(0, 50, (size, size + 4, 3), dtype=np.uint8)
                 pixels[..., k % 3] += 200
                 Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """An idx file of unsigned bytes, gzipped when the name ends in .gz."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(payload) if path.suffix == ".gz" else payload)
+    return path
+
+
+def make_fashion_mnist(root: Path, train: int = 64, test: int = 32, gz: bool = True, seed: int = 0) -> Path:
+    """The four Fashion-MNIST idx files with random 28x28 images and labels 0-9."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", train), ("t10k", test)):
+        write_idx(root / f"{prefix}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(root / f"{prefix}-labels-idx1-ubyte{suffix}", np.arange(n) % 10)
     return root

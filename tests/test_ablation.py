@@ -39,7 +39,7 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     first = ablate(tmp_path, *args)
     assert first.returncode == 1, first.stdout[-2000:] + first.stderr[-3000:]  # one run failed, the others finished
     out = tmp_path / "outputs" / "ablations" / "quick"
-    for name in ("results.csv", "summary.csv", "report.md", "curves.png", "resolutions.png"):
+    for name in ("results.csv", "summary.csv", "report.md", "curves.png", "resolutions.png", "attention_distance.png"):
         assert (out / name).stat().st_size > 0, name
 
     rows = list(csv.DictReader(open(out / "results.csv")))
@@ -114,3 +114,25 @@ def test_eval_script_matches_what_training_logged(tmp_path):
         timeout=600,
     )
     assert missing.returncode == 1 and missing.stderr.strip() == f"error: no checkpoint at {tmp_path / 'no.pt'}"
+
+
+def test_paired_differences_and_intervals_say_what_is_resolved(tmp_path):
+    from scipy import stats
+
+    from vit.studies.ablation import Run, ci95, paired_differences
+
+    def run(scheme, seed, acc):
+        return Run(
+            {"model/pos_embed": scheme, "seed": str(seed)}, tmp_path, "finished", summary={"final_val_acc1": acc}
+        )
+
+    runs = [run("none", s, a) for s, a in enumerate([50.0, 52.0, 51.0])]
+    runs += [run("learned_1d", s, a) for s, a in enumerate([60.0, 61.0, 62.0])]
+    runs += [run("rope_2d", s, a) for s, a in enumerate([60.5, 60.0, 63.0])]
+    assert ci95([1.0, 2.0, 3.0]) == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
+    pairs = {(p["label"], p["baseline"]): p for p in paired_differences(runs)}
+    ahead = pairs["rope_2d", "none"]  # +10.5, +8, +12: paired, the seeds' common part cancels
+    assert ahead["n"] == 3 and ahead["mean"] == pytest.approx(10.1666, abs=1e-3) and ahead["resolved"]
+    close = pairs["rope_2d", "learned_1d"]  # +0.5, -1, +1: not resolved
+    assert close["mean"] == pytest.approx(1 / 6) and not close["resolved"]
+    assert ("none", "none") not in pairs and ("none", "learned_1d") in pairs

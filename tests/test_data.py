@@ -1,17 +1,21 @@
 """The data path: batches, device augmentation, the probe, digits and CIFAR's real parser."""
 
+import gzip
 import itertools
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import DEVICES
-from data_files import make_cifar10_archive, make_class_folders
-from vit.training.data import DataError
+from data_files import make_cifar10_archive, make_class_folders, make_fashion_mnist
+from vit.registry import CONFIGS
+from vit.training.data import DataError, fashion_mnist
 from vit.training.data.augment import batch_generator, random_crop_flip
 from vit.training.data.batches import ShardedBatches, epoch_order
 from vit.training.data.cifar import Cifar
 from vit.training.data.digits import Digits
+from vit.training.data.fashion_mnist import FashionMnist
 from vit.training.data.imagefolder import ImageFolderData
 from vit.training.data.probe import PLUS, SQUARE, PositionProbe
 from vit.training.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
@@ -247,3 +251,43 @@ def test_every_random_stream_has_its_own_seed():
     assert len(set(seeds.values())) == len(seeds)
     assert all(0 <= s < 2**63 for s in seeds.values())
     assert seed_for("batch", 0, 1, 3) == seed_for("batch", 0, 1, 3)  # a pure function: resumes replay it
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_reads_the_four_idx_files(tmp_path, gz):
+    root = make_fashion_mnist(tmp_path / "fmnist", train=64, test=32, gz=gz)
+    cfg = OmegaConf.load(CONFIGS / "data" / "fashion_mnist.yaml")
+    data = FashionMnist(**data_kwargs(cfg, root))
+    train, test = data.splits()
+    assert train.images.shape == (64, 1, 28, 28) and train.images.dtype == torch.uint8
+    assert test.images.shape == (32, 1, 28, 28) and torch.equal(test.labels, torch.arange(32) % 10)
+    raw = (
+        gzip.open(root / "train-images-idx3-ubyte.gz").read() if gz else (root / "train-images-idx3-ubyte").read_bytes()
+    )
+    assert torch.equal(train.images[3, 0].flatten(), torch.tensor(list(raw[16 + 3 * 784 : 16 + 4 * 784])))
+
+    subset = FashionMnist(**{**data_kwargs(cfg, root), "train_subset": 20}).splits()[0]
+    assert len(subset.labels) == 20 and len(set(subset.labels.tolist())) > 1  # a shuffled subset, not the first 20
+    assert torch.equal(subset.labels, FashionMnist(**{**data_kwargs(cfg, root), "train_subset": 20}).splits()[0].labels)
+    wider = FashionMnist(**{**data_kwargs(cfg, root), "img_size": 32}).splits()[0]
+    assert wider.images.shape == (64, 1, 32, 32)
+
+
+def data_kwargs(cfg, root):
+    return {k: v for k, v in OmegaConf.to_container(cfg).items() if k != "_target_"} | {
+        "root": str(root),
+        "download": False,
+    }
+
+
+def test_fashion_mnist_missing_or_damaged_files_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN", tmp_path / "not-installed")  # as on a machine without the package
+    cfg = OmegaConf.load(CONFIGS / "data" / "fashion_mnist.yaml")
+    with pytest.raises(DataError, match="put train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k") as e:
+        FashionMnist(**data_kwargs(cfg, tmp_path / "empty")).splits()
+    assert "dataset-fashion-mnist" in str(e.value) and len(str(e.value).splitlines()) == 1
+    root = make_fashion_mnist(tmp_path / "cut", gz=False)
+    path = root / "train-images-idx3-ubyte"
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match="truncated"):
+        FashionMnist(**data_kwargs(cfg, root)).splits()

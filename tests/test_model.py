@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from einops import rearrange
 
 from conftest import ALL_COMBINATIONS, PATCH_EMBEDS, POOLS, SCHEMES, perturb_, tiny_vit
 from vit.studies.evaluation import shuffle_patches
@@ -121,3 +122,51 @@ def test_torch_compile_sees_one_graph_without_breaks(patch_embed, pool, scheme):
     model = tiny_vit(patch_embed, pool, scheme, drop_path_rate=0.1)  # training mode, drop path on
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16))
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_mean_attention_distance_follows_the_models_own_forward(scheme):
+    from vit.studies.attention_distance import attention_weights, mean_attention_distance
+
+    model = perturb_(tiny_vit("conv", "cls", scheme)).double().eval()
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    distances = mean_attention_distance(model, images)
+    assert distances.shape == (2, 4)  # blocks, heads
+    # between the nearest (0) and the farthest (12*sqrt(2) px apart on a 4x4 grid of 4 px patches)
+    assert (distances > 0).all() and (distances < 12 * 2**0.5).all()
+    # the recomputed weights give what the fused kernel gives: the block's attention output
+    block = model.blocks[0]
+    grid = (4, 4)
+    x = model.pos_embed.add_to_tokens(
+        torch.cat([model.cls_token.expand(2, -1, -1), model.patch_embed(images)], 1), grid
+    )
+    hook = (model.pos_embed.attention_hooks(grid) or [None])[0]
+    h = block.norm1(x)
+    v = rearrange(block.attn.qkv(h), "b n (qkv h d) -> qkv b h n d", qkv=3, h=4)[2]
+    by_hand = block.attn.proj(rearrange(attention_weights(block.attn, h, hook).double() @ v, "b h n d -> b n (h d)"))
+    torch.testing.assert_close(by_hand, block.attn(h, hook))
+
+
+def test_a_head_that_attends_to_itself_has_distance_zero_and_uniform_heads_the_mean_distance():
+    from vit.studies.attention_distance import mean_attention_distance
+
+    model = tiny_vit("conv", "gap", "alibi_2d").double().eval()
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.qkv.weight.zero_()  # every score 0: only alibi's -slope*distance bias is left
+            block.attn.qkv.bias.zero_()
+        model.pos_embed.cached_bias.mul_(1e6)  # a bias so steep that each patch attends to itself only
+    assert torch.allclose(
+        mean_attention_distance(model, torch.randn(1, 3, 16, 16, dtype=torch.float64)), torch.zeros(2, 4), atol=1e-6
+    )
+    uniform = tiny_vit("conv", "gap", "none").double().eval()
+    with torch.no_grad():
+        for block in uniform.blocks:
+            block.attn.qkv.weight.zero_()
+            block.attn.qkv.bias.zero_()
+    centres = torch.cartesian_prod(torch.arange(4.0), torch.arange(4.0)) * 4
+    expected = torch.cdist(centres, centres).mean().item()  # uniform weights: the mean distance on the grid
+    torch.testing.assert_close(
+        mean_attention_distance(uniform, torch.randn(1, 3, 16, 16, dtype=torch.float64)),
+        torch.full((2, 4), expected),
+    )

@@ -183,5 +183,45 @@ def summary_rows(runs: list[Run]) -> list[dict]:
             values = [g[key] for g in group]
             row[f"{key}_mean"] = statistics.fmean(values)
             row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            row[f"{key}_ci95"] = ci95(values)
         rows.append(row)
+    return rows
+
+
+def ci95(values: list[float]) -> float:
+    """Half-width of the 95% confidence interval of the mean (Student's t); nan below 2 values."""
+    if len(values) < 2:
+        return float("nan")
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5)
+
+
+def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[dict]:
+    """Each label against each baseline scheme (`none`, `learned_1d`), over the seeds (and
+    other grid values) both finished: mean difference in points, its 95% interval, and
+    whether the interval excludes zero (resolved)."""
+    finished = [r for r in runs if r.status == "finished"]
+
+    def pairing(run: Run) -> tuple:  # what two runs must share to be a pair: all but the scheme
+        return tuple(sorted((k, v) for k, v in run.point.items() if k != "model/pos_embed"))
+
+    rows = []
+    for baseline in [b for b in registry.BASELINES if any(r.scheme == b for r in finished)]:
+        base = {pairing(r): r.summary[metric] for r in finished if r.scheme == baseline}
+        for label in dict.fromkeys(r.label for r in finished if r.scheme != baseline):
+            diffs = [r.summary[metric] - base[pairing(r)] for r in finished if r.label == label and pairing(r) in base]
+            if diffs:
+                mean, half = statistics.fmean(diffs), ci95(diffs)
+                resolved = len(diffs) > 1 and abs(mean) > half
+                rows.append(
+                    {
+                        "label": label,
+                        "baseline": baseline,
+                        "n": len(diffs),
+                        "mean": mean,
+                        "ci95": half,
+                        "resolved": resolved,
+                    }
+                )
     return rows

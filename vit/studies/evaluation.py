@@ -4,7 +4,8 @@
 - at other resolutions with no fine-tuning (the validation images resized, each scheme
   resizing itself the way the model does: resampled table, recomputed angles or index);
 - with the patches of every image shuffled: a model without positions is unaffected,
-  a model that uses positions drops.
+  a model that uses positions drops;
+- the mean attention distance of every head of every block (on the first images).
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ def accuracy(model, batches, mean, std, size: int | None = None, shuffle_patch: 
     return 100 * correct / total
 
 
+@torch.no_grad()
+def attention_distance(model, batches, mean, std, images: int = 512) -> Tensor:
+    """(depth, heads) mean attention distance in pixels over the first `images` images."""
+    from vit.studies.attention_distance import mean_attention_distance
+
+    sums, seen = None, 0
+    for batch, _ in batches:
+        batch = batch[: images - seen]
+        result = mean_attention_distance(model, normalize(batch, mean, std)) * len(batch)
+        sums, seen = result if sums is None else sums + result, seen + len(batch)
+        if seen >= images:
+            break
+    return sums / seen
+
+
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig, int]:
     """The trained model of a checkpoint, rebuilt from the config stored in it; that config;
     and the number of epochs it had trained."""
@@ -86,6 +102,7 @@ def evaluate_checkpoint(
         "acc1": accuracy(model, val, mean, std),
         "acc1_at": {str(r): accuracy(model, val, mean, std, size=r) for r in resolutions},
         "shuffled_acc1": accuracy(model, val, mean, std, shuffle_patch=patch),
+        "attention_distance_px": attention_distance(model, val, mean, std).tolist(),
         "params": sum(p.numel() for p in model.parameters()),
         "pos_embed_params": sum(p.numel() for p in model.pos_embed.parameters()),
     }

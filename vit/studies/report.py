@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vit.studies.ablation import Run, result_rows, summary_rows
+from vit.studies.ablation import Run, paired_differences, result_rows, summary_rows
 from vit.studies.evaluation import model_from_checkpoint
 from vit.studies.figures import plt, similarity_mosaic
 
@@ -88,10 +88,71 @@ def plot_similarity(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def plot_attention_distance(runs: list[Run], path: Path) -> bool:
+    """Mean attention distance of every head against its block, a panel per scheme (the
+    ViT paper's Figure 7, right), from each scheme's first finished run."""
+    panels = [
+        (label, group[0].evaluation["attention_distance_px"])
+        for label, group in by_label(runs).items()
+        if group and "attention_distance_px" in group[0].evaluation
+    ]
+    if not panels:
+        return False
+    top = max(max(max(block) for block in d) for _, d in panels) * 1.1
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False, sharey=True)
+    for ax, (label, distances) in zip(axes[0], panels, strict=True):
+        for block, heads in enumerate(distances):
+            ax.scatter([block + 1] * len(heads), heads, s=12)
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("block", fontsize=8)
+        ax.set_ylim(0, top)
+    axes[0][0].set_ylabel("mean attention distance (px)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def fmt(row: dict, key: str) -> str:
+    """mean ± the 95% interval's half-width (over seeds); the mean alone for one seed."""
     if f"{key}_mean" not in row:
         return "–"
-    return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_std']:.2f}"
+    if row["seeds"] < 2:
+        return f"{row[f'{key}_mean']:.2f}"
+    return f"{row[f'{key}_mean']:.2f} ± {row[f'{key}_ci95']:.2f}"
+
+
+def differences_section(pairs: list[dict]) -> list[str]:
+    """The paired differences in final top-1 against each baseline, and which are resolved."""
+    if not pairs:
+        return []
+    baselines = list(dict.fromkeys(p["baseline"] for p in pairs))
+    labels = list(dict.fromkeys(p["label"] for p in pairs))
+    cell = {(p["label"], p["baseline"]): p for p in pairs}
+    lines = [
+        "## Paired differences",
+        "",
+        "Final top-1 minus the baseline's, run by run over the same seeds, in points: "
+        "mean ± 95% interval (Student's t); **bold** where the interval excludes zero.",
+        "",
+    ]
+    lines += ["| scheme | " + " | ".join(f"vs {b}" for b in baselines) + " |", "|" + " --- |" * (len(baselines) + 1)]
+    for label in labels:
+        cells = []
+        for b in baselines:
+            p = cell.get((label, b))
+            text = "–" if p is None else f"{p['mean']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["n"] > 1 else " (1 seed)")
+            cells.append(f"**{text}**" if p is not None and p["resolved"] else text)
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for b in baselines:
+        ahead = [p["label"] for p in pairs if p["baseline"] == b and p["resolved"] and p["mean"] > 0]
+        behind = [p["label"] for p in pairs if p["baseline"] == b and p["resolved"] and p["mean"] < 0]
+        open_ = [p["label"] for p in pairs if p["baseline"] == b and not p["resolved"]]
+        sentence = (
+            f"Against {b}: resolved ahead: {', '.join(ahead) or 'none'}; resolved behind: {', '.join(behind) or 'none'}"
+        )
+        lines += ["", sentence + f"; not resolved: {', '.join(open_) or 'none'}."]
+    return [*lines, ""]
 
 
 def reading(summary: list[dict], runs: list[Run]) -> list[str]:
@@ -103,13 +164,12 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
     ranked = sorted(rows, key=lambda r: -r["final_acc1_mean"])
     best, second = ranked[0], ranked[1]
     gap = best["final_acc1_mean"] - second["final_acc1_mean"]
-    spread = max(best["final_acc1_std"], second["final_acc1_std"])
     if best["seeds"] < 2:
         verdict = "from a single seed, so the spread is unknown"
-    elif gap <= 2 * spread:
-        verdict = "within twice the seed spread, not a clear difference"
+    elif gap <= best["final_acc1_ci95"] + second["final_acc1_ci95"]:
+        verdict = "their 95% intervals overlap, not a clear difference"
     else:
-        verdict = "more than twice the seed spread"
+        verdict = "their 95% intervals do not overlap"
     tied = [r["label"] for r in ranked[1:] if r["final_acc1_mean"] == best["final_acc1_mean"]]
     if tied:
         lines.append(
@@ -160,12 +220,13 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
     plot_curves(runs, out / "curves.png")
     plot_resolutions(runs, out / "resolutions.png")
     has_maps = plot_similarity(runs, out / "similarity.png")
+    has_distances = plot_attention_distance(runs, out / "attention_distance.png")
     lines = [
         f"# Ablation `{name}`",
         "",
         f"Command: `{command}`",
         "",
-        "Mean ± standard deviation over seeds, accuracies in percent; resolutions are test "
+        "Mean ± the 95% confidence interval over seeds (Student's t), accuracies in percent; resolutions are test "
         'image sizes with no fine-tuning; "shuffled patches" permutes the patches of each '
         "validation image.",
         "",
@@ -175,6 +236,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         "",
         *[f"- {s}" for s in reading(summary, runs)],
         "",
+        *differences_section(paired_differences(runs)),
     ]
     failed = [r for r in runs if r.status != "finished"]
     if failed:
@@ -189,6 +251,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         "![accuracy at other resolutions](resolutions.png)",
     ]
     lines += ["", "![position similarity](similarity.png)", ""] if has_maps else [""]
+    lines += ["![mean attention distance per head and block](attention_distance.png)", ""] if has_distances else []
     lines += [
         "Per-run numbers: `results.csv`; per-scheme: `summary.csv`. "
         f"Curves of every run: `tensorboard --logdir {out}`.",
