@@ -1,7 +1,7 @@
 """Describe the model a config builds: its parts, parameters and FLOPs. Writes no files.
 
     python scripts/describe.py model=vit_small model/pos_embed=rope_2d model.pool=gap
-    python scripts/describe.py -m model/pos_embed=none,learned_1d,sincos_2d,relative_bias,rope_2d
+    python scripts/describe.py -m model/pos_embed=none,learned_1d,rope_2d,rope_mixed,cpe,alibi_2d
 
 It takes the same overrides as scripts/train.py.
 """

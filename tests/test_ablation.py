@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from runs import train
 from vit.cli import compose
@@ -105,6 +106,8 @@ def test_eval_script_matches_what_training_logged(tmp_path):
     logged = json.loads((run / "summary.json").read_text())
     assert result["acc1"] == logged["final_val_acc1"]
     assert set(result["acc1_at"]) == {"12", "24"} and 0 <= result["shuffled_acc1"] <= 100
+    distances = torch.tensor(result["attention_distance_px"])  # 1 block, 2 heads; 4x4 patches of 4 px
+    assert distances.shape == (1, 2) and ((distances > 0) & (distances < 12 * 2**0.5)).all()
 
     missing = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "eval.py"), f"checkpoint={tmp_path / 'no.pt'}"],

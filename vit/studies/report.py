@@ -148,10 +148,8 @@ def differences_section(pairs: list[dict]) -> list[str]:
         ahead = [p["label"] for p in pairs if p["baseline"] == b and p["resolved"] and p["mean"] > 0]
         behind = [p["label"] for p in pairs if p["baseline"] == b and p["resolved"] and p["mean"] < 0]
         open_ = [p["label"] for p in pairs if p["baseline"] == b and not p["resolved"]]
-        sentence = (
-            f"Against {b}: resolved ahead: {', '.join(ahead) or 'none'}; resolved behind: {', '.join(behind) or 'none'}"
-        )
-        lines += ["", sentence + f"; not resolved: {', '.join(open_) or 'none'}."]
+        ahead, behind, open_ = (", ".join(names) or "no scheme" for names in (ahead, behind, open_))
+        lines += ["", f"Against {b}: resolved ahead: {ahead}; resolved behind: {behind}; not resolved: {open_}."]
     return [*lines, ""]
 
 
