@@ -21,10 +21,11 @@ from vit.training.checkpoint import CHECKPOINTS, CheckpointError, load_checkpoin
 
 log = logging.getLogger("vit")
 
-ARCHITECTURE = {"model": None, "data": ("name", "img_size", "in_chans", "num_classes", "classes")}
-TRAINING_ONLY = ("drop_path_rate", "dropout")  # may change between sessions of a run
+# dotted config keys (a trailing dot: the whole group) that make the model and data what they are
+ARCHITECTURE = ("model.", "data.name", "data.img_size", "data.in_chans", "data.num_classes", "data.classes")
+TRAINING_ONLY = ("model.drop_path_rate", "model.dropout")  # may change between sessions of a run
 # what fixes the schedule (steps per epoch, length, learning rates) and the random streams
-SCHEDULE = {"data": ("batch_size",), "trainer": ("epochs",), "optim": None, "seed": ()}
+SCHEDULE = ("data.batch_size", "trainer.epochs", "optim.", "seed")
 
 
 @dataclass
@@ -89,21 +90,16 @@ def newest_readable(folder: Path) -> tuple[Path, dict] | None:
 def check_same_run(saved: dict, cfg: DictConfig, world: int) -> None:
     """Refuse, in one line, a checkpoint of another model or dataset, or one whose schedule
     or random streams this run would change."""
-    old, new = saved["config"], OmegaConf.to_container(cfg, resolve=True)
-    for group, keys in ARCHITECTURE.items():
-        for key in keys or sorted(set(old.get(group, {})) | set(new[group])):
-            if key not in TRAINING_ONLY and old.get(group, {}).get(key) != new[group].get(key):
-                raise CheckpointError(
-                    f"the checkpoint was trained with {group}.{key}={old.get(group, {}).get(key)}, "
-                    f"this run has {new[group].get(key)}"
-                )
-    change = next(_schedule_changes(old, new), None)
-    if change is not None:
-        name, was, now = change
-        raise CheckpointError(
-            f"the checkpoint's run has {name}={was}, this run has {now}: a resumed run keeps its batch size, "
-            f"epochs, optimizer settings and seed; start a new run to change them"
-        )
+    old, new = flatten(saved["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(ARCHITECTURE) and key not in TRAINING_ONLY and old.get(key) != new.get(key):
+            raise CheckpointError(f"the checkpoint was trained with {key}={old.get(key)}, this run has {new.get(key)}")
+    for key in sorted(old):  # keys a checkpoint saved before they existed are not compared
+        if key.startswith(SCHEDULE) and old[key] != new.get(key):
+            raise CheckpointError(
+                f"the checkpoint's run has {key}={old[key]}, this run has {new.get(key)}: a resumed run keeps its "
+                f"batch size, epochs, optimizer settings and seed; start a new run to change them"
+            )
     saved_world = saved.get("world_size", len(saved["rng"]))
     if saved_world != world:
         raise CheckpointError(
@@ -112,14 +108,12 @@ def check_same_run(saved: dict, cfg: DictConfig, world: int) -> None:
         )
 
 
-def _schedule_changes(old: dict, new: dict):
-    """(name, saved value, new value) of each SCHEDULE key that differs; keys a checkpoint
-    saved before they existed are not compared."""
-    for group, keys in SCHEDULE.items():
-        if keys == ():  # a top-level key
-            if group in old and old[group] != new.get(group):
-                yield group, old[group], new.get(group)
-            continue
-        for key in keys or sorted(set(old.get(group, {})) | set(new[group])):
-            if key in old.get(group, {}) and old[group][key] != new[group].get(key):
-                yield f"{group}.{key}", old[group][key], new[group].get(key)
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"model": {"depth": 9}} -> {"model.depth": 9}; lists and scalars are leaves."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -12,6 +12,8 @@ New grid: the angles are recomputed for the new rows and columns (positions in p
 so a larger grid extrapolates to new offsets rather than squeezing the old ones).
 """
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -22,10 +24,7 @@ from vit.model.pos_embed.base import AttentionHook, PositionalScheme, grid_coord
 class Rope2d(PositionalScheme):
     def __init__(self, *, theta: float = 100.0, **kwargs):
         super().__init__(**kwargs)
-        head_dim = self.dim // self.num_heads
-        if head_dim % 4:
-            raise ConfigError(f"rope_2d needs a head width (embed_dim / num_heads) divisible by 4, got {head_dim}")
-        self.head_dim = head_dim
+        self.head_dim = rotary_head_dim(self.dim, self.num_heads, "rope_2d")
         self.theta = theta
         cos, sin = self.angles(self.grid_size)
         self.register_buffer("cached_cos", cos, persistent=False)
@@ -45,8 +44,20 @@ class Rope2d(PositionalScheme):
             cos, sin = self.cached_cos, self.cached_sin
         else:
             cos, sin = self.angles(grid, self.cached_cos.device)
-        hook = lambda q, k: (rotate(q, cos, sin), rotate(k, cos, sin), None)  # noqa: E731
-        return [hook] * self.depth
+        return [partial(rotate_both, cos=cos, sin=sin)] * self.depth
+
+
+def rotary_head_dim(dim: int, num_heads: int, scheme: str) -> int:
+    """The head width, which a rotary scheme splits into row and column quarters."""
+    head_dim = dim // num_heads
+    if head_dim % 4:
+        raise ConfigError(f"{scheme} needs a head width (embed_dim / num_heads) divisible by 4, got {head_dim}")
+    return head_dim
+
+
+def rotate_both(q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, None]:
+    """An attention hook: queries and keys rotated alike, no bias."""
+    return rotate(q, cos, sin), rotate(k, cos, sin), None
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:

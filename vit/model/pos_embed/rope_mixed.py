@@ -15,22 +15,19 @@ New grid: the angles are linear in (row, col), so any grid is computed the same 
 """
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
-from vit.errors import ConfigError
 from vit.model.pos_embed.base import AttentionHook, PositionalScheme, grid_coords
-from vit.model.pos_embed.rope_2d import rotate
+from vit.model.pos_embed.rope_2d import rotary_head_dim, rotate_both
 
 
 class RopeMixed(PositionalScheme):
     def __init__(self, *, theta: float = 10.0, **kwargs):
         super().__init__(**kwargs)
-        head_dim = self.dim // self.num_heads
-        if head_dim % 4:
-            raise ConfigError(f"rope_mixed needs a head width (embed_dim / num_heads) divisible by 4, got {head_dim}")
-        self.head_dim, self.theta = head_dim, theta
+        self.head_dim, self.theta = rotary_head_dim(self.dim, self.num_heads, "rope_mixed"), theta
         # (depth, heads, d/2 pairs, 2): each pair's frequency along rows (y) and columns (x)
         self.freqs = nn.Parameter(self.initial_freqs())
 
@@ -54,14 +51,4 @@ class RopeMixed(PositionalScheme):
     def attention_hooks(self, grid: tuple[int, int]) -> list[AttentionHook]:
         angles = self.angles(grid)
         cos, sin = angles.cos(), angles.sin()
-        return [_RotateBoth(c, s) for c, s in zip(cos.unbind(0), sin.unbind(0), strict=True)]
-
-
-class _RotateBoth:
-    """One block's hook: rotate queries and keys by that block's angles."""
-
-    def __init__(self, cos: Tensor, sin: Tensor):
-        self.cos, self.sin = cos, sin
-
-    def __call__(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, None]:
-        return rotate(q, self.cos, self.sin), rotate(k, self.cos, self.sin), None
+        return [partial(rotate_both, cos=c, sin=s) for c, s in zip(cos.unbind(0), sin.unbind(0), strict=True)]
