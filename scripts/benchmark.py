@@ -3,11 +3,17 @@ and patch embedding against learned_1d + conv: training and inference images/s, 
 memory of a training step, FLOPs per image and (on H100/H200) model FLOPs utilisation.
 
     python scripts/benchmark.py                                   # the CIFAR preset, batch 128
-    python scripts/benchmark.py model=vit_small data=imagefolder benchmark.batch_size=256
+    python scripts/benchmark.py model=vit_small data=imagefolder data.num_classes=100 benchmark.batch_size=256
     python scripts/benchmark.py trainer.precision=fp32 benchmark.compile=false
 
-CPU runs in fp32, CUDA in the trainer's precision (bf16 by default), with and without
-torch.compile. Prints a markdown table; writes the same figures as JSON to
+Every variant runs in the trainer's precision (`auto`: bf16 on CUDA and on a CPU with bf16
+units, else fp32), and timm's also at its own default (fp32) when that differs; CUDA with and
+without torch.compile. `benchmark.loader=true` adds our step fed by the run's data loader, a
+whole epoch per round, to show what loading costs:
+
+    python scripts/benchmark.py data=imagefolder data.root=DIR data.img_size=28 benchmark.loader=true
+
+Prints a markdown table and the headline ratios; writes the same figures as JSON to
 outputs/benchmarks/.
 """
 
@@ -22,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vit import registry
-from vit.cli import ConfigError, check_config, exit_on, instantiate_group
+from vit.cli import ConfigError, check_config, exit_on, fail, instantiate_group, sleep_while_waiting, without_data
 
 
 def ours(cfg: DictConfig, scheme: str, patch_embed: str):
@@ -33,55 +39,79 @@ def ours(cfg: DictConfig, scheme: str, patch_embed: str):
     return partial(instantiate_group, OmegaConf.create({"model": swapped}), "model")
 
 
-def variants(cfg: DictConfig, compiled_options: list[bool]) -> list:
+def variants(cfg: DictConfig, compiled_options: list[bool], amp, loader) -> list:
+    """ours and timm's in the trainer's precision; timm's also at its default (fp32) when that
+    differs; ours fed by the data loader when asked; then the other schemes and embeddings."""
     from vit.studies.benchmark import Variant, timm_equivalent
 
     choices = HydraConfig.get().runtime.choices
     scheme, patch = choices["model/pos_embed"], choices["model/patch_embed"]
+    timm = partial(timm_equivalent, cfg)
     out = []
     for compiled in compiled_options:
         tag = " +compile" if compiled else ""
-        out.append(Variant(f"ours learned_1d conv{tag}", ours(cfg, "learned_1d", "conv"), compiled=compiled))
-        out.append(Variant(f"timm learned_1d conv{tag}", partial(timm_equivalent, cfg), compiled=compiled))
+        mine = partial(Variant, compiled=compiled, amp=amp)
+        out.append(mine(f"ours learned_1d conv{tag}", ours(cfg, "learned_1d", "conv")))
+        if loader is not None:
+            out.append(mine(f"ours learned_1d conv{tag}, fed by the data loader", ours(cfg, "learned_1d", "conv")))
+            out[-1].loader = loader
+        out.append(mine(f"timm learned_1d conv{tag}", timm))
+        if amp is not None:
+            out.append(Variant(f"timm learned_1d conv{tag} at its default fp32", timm, compiled=compiled))
         if cfg.benchmark.compare:
+            others = [s for s in registry.schemes() if s != "learned_1d"]
+            out += [mine(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv") for s in others]
             out += [
-                Variant(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv", compiled)
-                for s in registry.schemes()
-                if s != "learned_1d"
-            ]
-            out += [
-                Variant(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p, compiled)
+                mine(f"ours learned_1d {p}{tag}", ours(cfg, "learned_1d", p), "learned_1d", p)
                 for p in registry.patch_embeds()
                 if p != "conv"
             ]
         elif (scheme, patch) != ("learned_1d", "conv"):
-            out.append(Variant(f"ours {scheme} {patch}{tag}", ours(cfg, scheme, patch), scheme, patch, compiled))
+            out.append(mine(f"ours {scheme} {patch}{tag}", ours(cfg, scheme, patch), scheme, patch))
     return out
+
+
+def data_loader(cfg: DictConfig, device):
+    """The training split's loader as train.py builds it (one process), or None."""
+    if not cfg.benchmark.loader:
+        return None, None
+    from vit.training.data import DataError
+
+    data = exit_on({ConfigError: 2}, lambda: instantiate_group(cfg, "data"))
+    if data.batch_size != cfg.benchmark.batch_size:
+        fail("benchmark.loader=true compares like with like: set data.batch_size, not benchmark.batch_size")
+    loader, _ = exit_on({DataError: 1}, lambda: data.loaders(device, 0, 1, cfg.seed))
+    return loader, (data.mean, data.std)
 
 
 @hydra.main(config_path="../configs", config_name="benchmark", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
+    if cfg.benchmark.loader:
+        sleep_while_waiting(cfg)
     import torch
 
     from vit.errors import TrainingError
-    from vit.studies.benchmark import markdown, results, run
-    from vit.training.trainer import choose_device, choose_precision
+    from vit.studies.benchmark import headlines, markdown, results, run
+    from vit.training.precision import choose_precision, precision_name
+    from vit.training.trainer import choose_device
 
-    b = cfg.benchmark
+    cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
+    b, m = cfg.benchmark, cfg.model
     device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
     amp = exit_on({ConfigError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
-    compiled = {"auto": [False, True] if device.type == "cuda" else [False], True: [True], False: [False]}[b.compile]
-    chosen = variants(cfg, compiled)
+    both, cuda = [False, True], device.type == "cuda"
+    compiled = {"auto": both if cuda else [False], "both": both, True: [True], False: [False]}[b.compile]
+    loader, mean_std = data_loader(cfg, device)
+    chosen = variants(cfg, compiled, amp, loader)
     exit_on({ConfigError: 2}, lambda: [v.build() for v in chosen[:1]])  # a bad model value: one line
-    m = cfg.model
-    run(chosen, b.batch_size, m.img_size, m.in_chans, m.num_classes, device, amp, b.warmup, b.steps, b.rounds)
+    run(chosen, b.batch_size, m.img_size, m.in_chans, m.num_classes, device, b.warmup, b.steps, b.rounds, mean_std)
     rows = results(chosen, device)
     setting = {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-        "precision": str(amp).replace("torch.", "") if amp else "fp32",
+        "precision": precision_name(amp),
         "batch_size": b.batch_size,
         "img_size": m.img_size,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
@@ -95,10 +125,12 @@ def main(cfg: DictConfig) -> None:
         f"median of {b.rounds} interleaved rounds of {b.steps} steps\n"
     )
     print(markdown(rows))
+    lines = headlines(rows)
+    print("\n".join(["", *lines]) if lines else "", end="")
     out = Path(b.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"benchmark_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
-    path.write_text(json.dumps({"setting": setting, "results": rows}, indent=2) + "\n")
+    path.write_text(json.dumps({"setting": setting, "results": rows, "headlines": lines}, indent=2) + "\n")
     print(f"\n{path}")
 
 

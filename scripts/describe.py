@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vit.cli import ConfigError, build_model, check_config, exit_on
+from vit.cli import ConfigError, build_model, check_config, exit_on, without_data
 
 
 @hydra.main(config_path="../configs", config_name="describe", version_base="1.3")
@@ -20,6 +20,7 @@ def main(cfg: DictConfig) -> None:
 
     from vit.studies.benchmark import forward_flops
 
+    cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
     model = exit_on({ConfigError: 2}, lambda: build_model(cfg))
     choices = HydraConfig.get().runtime.choices
     h, w = model.img_size

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from vit.cli import ConfigError, check_config, fail
+from vit.cli import ConfigError, check_config, fail, sleep_while_waiting
 from vit.training import distributed
 
 
@@ -34,6 +34,7 @@ def main(cfg: DictConfig) -> float | None:
         if multirun:
             raise
         fail(str(e))
+    sleep_while_waiting(cfg)
 
     from vit.errors import TrainingError
     from vit.training.checkpoint import CheckpointError

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import POOLS, SCHEMES, tiny_vit
+from data_files import make_class_folders
 from runs import script
 from vit import registry
 from vit.studies.benchmark import Variant, forward_flops, results, run
@@ -77,7 +78,7 @@ def test_every_compiled_variant_stays_compiled(monkeypatch):
     schemes = ["learned_1d", "rope_2d"]
     variants = [Variant(s, partial(tiny_vit, "conv", "cls", s), scheme=s, compiled=True) for s in schemes]
     with config.patch(**{limit: 2}):  # patch() restores it afterwards
-        run(variants, 2, 16, 3, 7, torch.device("cpu"), None, warmup=1, steps=1, rounds=1)
+        run(variants, 2, 16, 3, 7, torch.device("cpu"), warmup=1, steps=1, rounds=1)
     torch._dynamo.reset()
     # every variant traced its training and its no-grad forward (and nothing fell back to eager)
     assert len(graphs) >= 2 * len(schemes)
@@ -93,6 +94,7 @@ def test_benchmark_script_table_and_json(tmp_path):
         "benchmark.steps=1",
         "benchmark.rounds=2",
         "benchmark.warmup=1",
+        "trainer.precision=fp32",  # auto would be bf16 on a CPU with AMX
         f"benchmark.out_dir={tmp_path}",
         cwd=tmp_path,
     )
@@ -117,3 +119,51 @@ def test_benchmark_script_table_and_json(tmp_path):
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
     assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
     assert "| timm learned_1d conv |" in proc.stdout
+
+
+def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms_default(tmp_path):
+    root = make_class_folders(tmp_path / "tree", per_class=(8, 2))
+    proc = script(
+        "benchmark.py",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.img_size=16",
+        "data.batch_size=4",
+        "data.num_workers=1",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "model.num_heads=2",
+        "trainer.precision=bf16",
+        "benchmark.compare=false",
+        "benchmark.loader=true",
+        "benchmark.steps=1",
+        "benchmark.rounds=2",
+        "benchmark.warmup=1",
+        f"benchmark.out_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
+    rows = {r["variant"]: r for r in report["results"]}
+    fed, default = "ours learned_1d conv, fed by the data loader", "timm learned_1d conv at its default fp32"
+    assert set(rows) == {"ours learned_1d conv", fed, "timm learned_1d conv", default}
+    assert [rows[name]["precision"] for name in ("ours learned_1d conv", fed, default)] == ["bf16", "bf16", "fp32"]
+    assert rows[fed]["fed_by_loader"] and rows[fed]["infer_images_per_sec"] is None
+    assert rows[fed]["params"] == rows["ours learned_1d conv"]["params"] == rows[default]["params"]
+    assert rows[fed]["params"] > 0 and report["setting"]["model"]["num_classes"] == 3  # counted from the folders
+    share = rows[fed]["train_images_per_sec"] / rows["ours learned_1d conv"]["train_images_per_sec"]
+    speed = rows["ours learned_1d conv"]["train_images_per_sec"] / rows[default]["train_images_per_sec"]
+    assert report["headlines"] == [
+        f"fed by the data loader: {100 * share:.0f}% of the images/s of the same step on a fixed batch",
+        f"ours learned_1d conv in bf16: {speed:.2f}x the training images/s of timm's at its default fp32",
+    ]
+    assert "| ours learned_1d conv, fed by the data loader |" in proc.stdout and report["headlines"][0] in proc.stdout
+    mismatch = script(
+        "benchmark.py",
+        "data=imagefolder",
+        f"data.root={root}",
+        "benchmark.loader=true",
+        "benchmark.batch_size=3",
+        cwd=tmp_path,
+    )
+    assert mismatch.returncode == 2 and "set data.batch_size, not benchmark.batch_size" in mismatch.stderr

@@ -11,8 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from data_files import make_class_folders
 from vit import VisionTransformer, registry
-from vit.cli import ConfigError, build_model, check_config, instantiate_group
+from vit.cli import ConfigError, build_model, check_config, instantiate_group, sleep_while_waiting, with_class_count
 from vit.registry import options
 from vit.studies.ablation import grid_of
 
@@ -36,9 +37,11 @@ def test_every_group_has_its_options():
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_builds(group, option):
+def test_every_option_composes_and_builds(group, option, tmp_path):
     overrides = [f"{group}={option}"] + (OPEN_SIZE if option == "vit" else SMALL)
-    cfg = compose_train(overrides)
+    if option == "imagefolder":  # its number of classes is the folders'
+        overrides.append(f"data.root={make_class_folders(tmp_path, classes=('a', 'b', 'c', 'd', 'e'))}")
+    cfg = with_class_count(compose_train(overrides))
     model = build_model(cfg)
     assert isinstance(model, VisionTransformer)
     if group.startswith("model/"):  # the chosen part is the one built
@@ -118,6 +121,42 @@ def test_the_check_before_torch_says_what_building_would(overrides):
     with pytest.raises(ConfigError) as checked:
         check_config(cfg)
     assert str(checked.value) == str(built.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["optim.warmup_epochs=soon"], "optim.warmup_epochs must be auto or a number of epochs >= 0, got 'soon'"),
+        (["optim.warmup_epochs=-1"], "optim.warmup_epochs must be auto or a number of epochs >= 0, got -1"),
+    ],
+)
+def test_bad_training_values_are_caught_before_torch(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(compose_train(overrides))
+
+
+def test_class_folders_leave_the_number_of_classes_to_the_data(tmp_path):
+    cfg = compose_train(["data=imagefolder", f"data.root={make_class_folders(tmp_path)}", "data.classes=2"])
+    assert cfg.data.num_classes is None and cfg.model.num_classes is None
+    check_config(cfg)  # not an error before the data is read
+    counted = with_class_count(cfg)
+    assert counted.data.num_classes == 2 and counted.model.num_classes == 2  # the model follows the data
+    assert cfg.data.num_classes is None  # the caller's config is left as it was
+    given = compose_train(["data=imagefolder", "data.root=nowhere", "data.num_classes=7"])
+    assert with_class_count(given) is given  # a given number is not checked against folders here
+
+
+def test_loading_processes_let_the_step_threads_sleep(monkeypatch):
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    sleep_while_waiting(compose_train([]))  # CIFAR in memory: no loading processes
+    assert "OMP_WAIT_POLICY" not in os.environ
+    sleep_while_waiting(compose_train(["data=imagefolder", "data.num_workers=0"]))
+    assert "OMP_WAIT_POLICY" not in os.environ
+    sleep_while_waiting(compose_train(["data=imagefolder"]))
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")  # the user's choice stays
+    sleep_while_waiting(compose_train(["data=imagefolder"]))
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_the_check_before_torch_passes_every_preset():

@@ -2,6 +2,7 @@
 
 import gzip
 import itertools
+import os
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from omegaconf import OmegaConf
 
 from conftest import DEVICES
 from data_files import make_cifar10_archive, make_class_folders, make_fashion_mnist
+from vit.errors import ConfigError
 from vit.registry import CONFIGS
 from vit.training.data import DataError, fashion_mnist
 from vit.training.data.augment import batch_generator, random_crop_flip
@@ -16,7 +18,7 @@ from vit.training.data.batches import ShardedBatches, epoch_order
 from vit.training.data.cifar import Cifar
 from vit.training.data.digits import Digits
 from vit.training.data.fashion_mnist import FashionMnist
-from vit.training.data.imagefolder import ImageFolderData
+from vit.training.data.imagefolder import ImageFolderData, workers
 from vit.training.data.probe import PLUS, SQUARE, PositionProbe
 from vit.training.data.trivial_augment import BINS, OPERATIONS, draw, trivial_augment
 from vit.training.seeds import PURPOSES, seed_for
@@ -291,3 +293,39 @@ def test_fashion_mnist_missing_or_damaged_files_are_one_line(tmp_path, monkeypat
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(DataError, match="truncated"):
         FashionMnist(**data_kwargs(cfg, root)).splits()
+
+
+def folders_data(root, **kwargs) -> ImageFolderData:
+    settings = dict(root=str(root), name="folders", img_size=16, in_chans=3, num_classes=None, batch_size=4)
+    settings |= dict(mean=[0.5] * 3, std=[0.5] * 3, num_workers=0) | kwargs
+    return ImageFolderData(**settings)
+
+
+def test_class_folders_count_their_classes(tmp_path):
+    root = make_class_folders(tmp_path / "tree", classes=("ant", "bee", "cat", "dog"))
+    assert folders_data(root).class_count() == 4
+    assert folders_data(root, classes=2).class_count() == 2
+    assert folders_data(root, classes=["dog", "bee"]).class_count() == 2
+    with pytest.raises(DataError, match="no class folder"):
+        folders_data(root, classes=["emu"]).class_count()
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(DataError, match="no class folders under"):
+        folders_data(tmp_path / "empty").class_count()
+
+
+def test_grey_class_folders_load_one_channel(tmp_path):
+    root = make_class_folders(tmp_path / "tree")
+    data = folders_data(root, in_chans=1, mean=[0.5], std=[0.5], num_classes=3)
+    train, val = data.loaders(torch.device("cpu"), 0, 1, seed=0)
+    images, labels = next(iter(train))
+    assert images.shape == (4, 1, 16, 16) and images.dtype == torch.uint8
+    assert next(iter(val))[0].shape[1] == 1
+
+
+def test_loading_processes_default_to_the_usable_cores(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert workers("auto") == 2 and workers(0) == 0 and workers(5) == 5
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
+    assert workers("auto") == 8
+    with pytest.raises(ConfigError, match="num_workers must be auto or a whole number"):
+        workers(-1)

@@ -25,11 +25,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from data_files import make_cifar10_archive, make_class_folders
 from runs import ROOT, TINY, metrics, one_error_line, script, train, train_command
-from vit.cli import ConfigError
+from vit.cli import ConfigError, compose
 from vit.errors import TrainingError
 from vit.training import checkpoint
 from vit.training.checkpoint import CHECKPOINTS, CheckpointError, load_checkpoint
 from vit.training.data import DataError
+from vit.training.optim import warmup_epochs
+from vit.training.trainer import StopRequest, build
 
 PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", "trainer.epochs=1", *TINY]
 
@@ -141,14 +143,30 @@ def test_class_folder_tree(tmp_path):
         "trainer.epochs=1",
         *TINY,
     ]
-    run = tmp_path / "run"
-    train(run, *common, "data.num_classes=3", "data.policy=trivialaugment")
+    run = tmp_path / "run"  # data.num_classes left out: the three class folders
+    train(run, *common, "data.policy=trivialaugment")
     assert metrics(run)[0]["val_acc1"] * 12 / 100 == pytest.approx(round(metrics(run)[0]["val_acc1"] * 12 / 100))
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["model"]["head.weight"].shape[0] == 3 and state["config"]["data"]["num_classes"] == 3
     subset = tmp_path / "subset"
-    train(subset, *common, "data.num_classes=2", "data.classes=[dog,fox]")
+    train(subset, *common, "data.classes=[dog,fox]")
     assert load_checkpoint(subset / "checkpoints" / "last.pt")["model"]["head.weight"].shape[0] == 2
-    with pytest.raises(DataError, match="3 classes under"):
+    train(tmp_path / "agreed", *common, "data.classes=2", "data.num_classes=2")
+    with pytest.raises(DataError, match="3 classes chosen under .* but data.num_classes is 5"):
         train(tmp_path / "mismatch", *common, "data.num_classes=5")
+
+
+def test_warm_up_is_a_tenth_of_a_short_run_and_five_epochs_of_a_long_one(tmp_path):
+    assert [warmup_epochs("auto", epochs) for epochs in (3, 8, 50, 300)] == [0.3, 0.8, 5.0, 5.0]
+    assert warmup_epochs(2, 8) == 2.0 and warmup_epochs(0, 100) == 0.0  # a number is taken as given
+    overrides = ["data.num_train=640", "data.batch_size=64", "trainer.epochs=3", "optim.warmup_epochs=auto"]
+    cfg = compose("train", ["experiment=probe", *overrides, *TINY])
+    run = build(cfg, tmp_path, StopRequest())
+    factor = run.scheduler.lr_lambdas[0]
+    warm = round(0.3 * run.steps_per_epoch)  # 3 of 10 steps per epoch
+    assert run.steps_per_epoch == 10 and [factor(k) for k in range(warm)] == [(k + 1) / warm for k in range(warm)]
+    assert factor(warm) == 1.0 and factor(warm + 1) < 1.0  # then the cosine
+    run.stop.restore()
 
 
 @pytest.mark.parametrize("policy", ["none", "trivialaugment"])
@@ -483,6 +501,7 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
         "data.num_train=512",
         "data.num_val=256",
         "data.batch_size=64",
+        "trainer.precision=fp32",  # bf16 (auto on an AMX CPU) rounds a 64-image sum and two 32-image ones apart
         *TINY,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -1,5 +1,6 @@
 """Speed, memory and FLOPs of our ViT against timm's with the same configuration, and of each
-positional scheme and patch embedding against `learned_1d` with `conv`.
+positional scheme and patch embedding against `learned_1d` with `conv`; optionally, the same
+training step fed by the run's own data loader.
 
 Variants are measured interleaved (A B C ... A B C ...), so that a noisy machine slows
 them alike and their ratios hold; each figure is the median over rounds.
@@ -13,15 +14,18 @@ import gc
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
+
+from vit.training import precision
+from vit.training.data.augment import normalize
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak
 
@@ -33,6 +37,8 @@ class Variant:
     scheme: str = "learned_1d"
     patch_embed: str = "conv"
     compiled: bool = False
+    amp: torch.dtype | None = None  # the autocast dtype; None: fp32
+    loader: Any = None  # a data loader to feed the training step, instead of one fixed batch
     train_ips: list[float] = field(default_factory=list)
     infer_ips: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
@@ -97,7 +103,6 @@ class Bench:
         in_chans: int,
         classes: int,
         device: torch.device,
-        amp: torch.dtype | None,
     ):
         self.model = variant.build().to(device)
         variant.params = sum(p.numel() for p in self.model.parameters())
@@ -105,7 +110,8 @@ class Bench:
         self.net = torch.compile(self.model) if variant.compiled else self.model
         self.x = torch.randn(batch, in_chans, img_size, img_size, device=device)
         self.y = torch.randint(0, classes, (batch,), device=device)
-        self.autocast = partial(torch.autocast, device.type, dtype=amp) if amp else nullcontext
+        self.autocast = partial(precision.autocast, device, variant.amp)
+        self.device, self.loader = device, variant.loader
 
     def train_step(self) -> None:
         with self.autocast():
@@ -113,6 +119,19 @@ class Bench:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+
+    def loader_ips(self, epoch: int, mean: torch.Tensor, std: torch.Tensor) -> float:
+        """Images/s of training steps fed by the loader, from a fresh epoch as in training (the
+        loader's processes start each epoch with nothing loaded) to its end."""
+        self.loader.set_epoch(epoch)
+        sync(self.device)
+        start, images = time.perf_counter(), 0
+        for x, y in self.loader:
+            self.x, self.y = normalize(x, mean, std), y
+            self.train_step()
+            images += len(y)
+        sync(self.device)
+        return images / (time.perf_counter() - start)
 
     @torch.no_grad()
     def infer_step(self) -> None:
@@ -160,12 +179,13 @@ def run(
     in_chans: int,
     classes: int,
     device: torch.device,
-    amp: torch.dtype | None,
     warmup: int,
     steps: int,
     rounds: int,
+    mean_std: tuple[list[float], list[float]] | None = None,
 ) -> None:
-    make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device, amp=amp)
+    """Measure every variant. mean_std: the data's normalisation, for variants with a loader."""
+    make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device)
     compiled = sum(v.compiled for v in variants)
     if compiled:  # every compiled variant needs its own graphs (training, no-grad) of the same forward code;
         # past dynamo's recompile limit (8) the later variants would silently run eager
@@ -184,13 +204,19 @@ def run(
         del bench
     release_memory(device)
     benches = [make(v) for v in variants]
+    mean, std = (torch.tensor(t, device=device) for t in mean_std) if mean_std else (None, None)
     for v, b in zip(variants, benches, strict=True):
         v.train_gflops = 3 * forward_flops(b.model, b.x) / batch / 1e9
         for _ in range(warmup):  # compile, allocator and kernel selection happen here
             b.train_step()
             b.infer_step()
-    for _ in range(rounds):
+        if v.loader is not None:  # and the loading processes start
+            b.loader_ips(0, mean, std)
+    for round_ in range(1, rounds + 1):
         for v, b in zip(variants, benches, strict=True):
+            if v.loader is not None:  # its inference is the plain variant's
+                v.train_ips.append(b.loader_ips(round_, mean, std))
+                continue
             v.train_ips.append(timed(b.train_step, steps, batch, device))
             v.infer_ips.append(timed(b.infer_step, steps, batch, device))
 
@@ -200,7 +226,7 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
         (t for name, t in PEAK_TFLOPS.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)),
         None,
     )
-    # each variant's cost is against ours learned_1d + conv compiled (or not) as it is
+    # each variant's cost is against the first ours learned_1d + conv compiled (or not) as it is
     reference = {
         v.compiled: statistics.median(v.train_ips)
         for v in reversed(variants)
@@ -208,13 +234,16 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
     }
     rows = []
     for v in variants:
-        train, infer = statistics.median(v.train_ips), statistics.median(v.infer_ips)
+        train = statistics.median(v.train_ips)
+        infer = statistics.median(v.infer_ips) if v.infer_ips else None
         rows.append(
             {
                 "variant": v.name,
                 "scheme": v.scheme,
                 "patch_embed": v.patch_embed,
                 "compiled": v.compiled,
+                "precision": precision.precision_name(v.amp),
+                "fed_by_loader": v.loader is not None,
                 "params": v.params,
                 "train_images_per_sec": train,
                 "infer_images_per_sec": infer,
@@ -240,9 +269,26 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "–"
+        infer = "–" if r["infer_images_per_sec"] is None else f"{r['infer_images_per_sec']:,.0f}"
         lines.append(
             f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
-            f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {r['infer_images_per_sec']:,.0f} | "
+            f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {infer} | "
             f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} |"
         )
     return "\n".join(lines)
+
+
+def headlines(rows: list[dict]) -> list[str]:
+    """The two ratios a user asks for: what loading the data costs, and ours at the trainer's
+    precision against timm at its default; each against its counterpart in the same run."""
+    lines = []
+    for fed in (r for r in rows if r["fed_by_loader"]):
+        plain = next(r for r in rows if r["variant"] == fed["variant"].split(", fed by")[0])
+        share = fed["train_images_per_sec"] / plain["train_images_per_sec"]
+        lines.append(f"fed by the data loader: {100 * share:.0f}% of the images/s of the same step on a fixed batch")
+    for default in (r for r in rows if r["variant"].endswith(" at its default fp32")):
+        name = default["variant"].removesuffix(" at its default fp32").replace("timm", "ours", 1)
+        ours = next(r for r in rows if r["variant"] == name)
+        speed = ours["train_images_per_sec"] / default["train_images_per_sec"]
+        lines.append(f"{name} in {ours['precision']}: {speed:.2f}x the training images/s of timm's at its default fp32")
+    return lines

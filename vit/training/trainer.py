@@ -21,7 +21,6 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vit.cli import build_model, check_precision, instantiate_group
+from vit.cli import build_model, instantiate_group, with_class_count
 from vit.errors import ConfigError, TrainingError
-from vit.training import distributed
+from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
-from vit.training.optim import build_optimizer, warmup_cosine
+from vit.training.optim import build_optimizer, warmup_cosine, warmup_epochs
 from vit.training.progress import Progress
 from vit.training.resume import Start, where_run_stands
 from vit.training.run_log import RunLog
@@ -47,7 +46,6 @@ from vit.training.seeds import numpy_seed, seed_for
 from vit.training.wait_clock import WaitClock
 
 log = logging.getLogger("vit")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
 def train(
@@ -59,6 +57,7 @@ def train(
     stopped the run (last.pt saved)."""
     run_dir, stop, runlog = Path(run_dir), StopRequest(), None
     try:
+        cfg = with_class_count(cfg)
         start = where_run_stands(cfg, run_dir, distributed.current().world)
         if start.finished is not None:
             return start.finished
@@ -136,7 +135,7 @@ class Run:
         return len(self.train_batches)
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        return precision.autocast(self.device, self.amp_dtype)
 
 
 @dataclass
@@ -157,7 +156,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
     from the run's seed alone, so every process builds the same ones."""
     started, procs = time.time(), distributed.current()
     device = choose_device(cfg.trainer.device)
-    amp_dtype = choose_precision(cfg.trainer.precision, device)
+    amp_dtype = precision.choose_precision(cfg.trainer.precision, device)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
     data = instantiate_group(cfg, "data")
@@ -173,7 +172,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
 
     oc, steps_per_epoch = cfg.optim, len(train_batches)
     optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=device.type == "cuda")
-    warmup = round(oc.warmup_epochs * steps_per_epoch)
+    warmup = round(warmup_epochs(oc.warmup_epochs, cfg.trainer.epochs) * steps_per_epoch)
     scheduler = warmup_cosine(optimizer, warmup, cfg.trainer.epochs * steps_per_epoch, oc.min_lr / oc.lr)
     mixup, criterion = build_mixup(data, cfg.trainer.label_smoothing, procs.world)
     return Run(
@@ -249,7 +248,7 @@ def restore(run: Run, start: Start) -> Progress:
     params = sum(p.numel() for p in run.model.parameters())
     log.info(
         f"{params:,} parameters, {run.steps_per_epoch} steps per epoch on {run.procs.world} x {run.device}, "
-        f"precision {str(run.amp_dtype).replace('torch.', '') if run.amp_dtype else 'fp32'}, run dir {run.run_dir}"
+        f"precision {precision.precision_name(run.amp_dtype)}, run dir {run.run_dir}"
     )
     return progress
 
@@ -503,7 +502,7 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
     return summary
 
 
-# --- the device and the precision -------------------------------------------------------------
+# --- the device ------------------------------------------------------------------------------
 
 
 def choose_device(name: str) -> torch.device:
@@ -515,10 +514,3 @@ def choose_device(name: str) -> torch.device:
     if device.type == "cuda" and distributed.current().world > 1:
         device = torch.device("cuda", distributed.current().local_rank)
     return device
-
-
-def choose_precision(name: str, device: torch.device) -> torch.dtype | None:
-    check_precision(name)
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" else "fp32"
-    return DTYPES[name]

@@ -3,14 +3,18 @@ and `root/val/<class>/*`, decoded and augmented by DataLoader workers with torch
 transforms v2, batched as uint8 and normalised on the device.
 
 `classes` restricts the classes: null for all, an integer N for the first N in sorted
-order (ImageNet-100 style), or a list of folder names.
+order (ImageNet-100 style), or a list of folder names. `num_classes` left null is the number
+of classes chosen; given, it must agree.
 """
 
 from __future__ import annotations
 
+import os
+from functools import partial
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision import datasets
 from torchvision.transforms import v2
@@ -34,55 +38,63 @@ class ImageFolderData(DataSource):
         scale: tuple[float, float] = (0.08, 1.0),
         flip: bool = True,
         crop_pct: float = 0.875,
-        num_workers: int = 8,
+        num_workers: int | str = "auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
         if policy not in POLICIES:
             raise ConfigError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
-        self.root, self.classes, self.num_workers = Path(root), classes, num_workers
+        self.root, self.classes = Path(root), classes
+        self.num_workers = workers(num_workers)
         size = self.img_size
         augment = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
         augment += [v2.RandomHorizontalFlip()] if flip else []
         augment += [POLICIES[policy]()] if POLICIES[policy] else []
-        self.train_transform = v2.Compose([v2.ToImage(), *augment, v2.ToDtype(torch.uint8, scale=True)])
+        # on the decoded PIL image, then one conversion to a uint8 tensor: each v2 step on a
+        # tensor costs more Python than on PIL, and small images are all overhead
+        self.train_transform = v2.Compose([*augment, v2.PILToTensor()])
         self.val_transform = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(round(size / crop_pct), antialias=True),
-                v2.CenterCrop(size),
-                v2.ToDtype(torch.uint8, scale=True),
-            ]
+            [v2.Resize(round(size / crop_pct), antialias=True), v2.CenterCrop(size), v2.PILToTensor()]
         )
 
     def folder(self, split: str, class_names: list[str] | None = None) -> datasets.ImageFolder:
+        """One split's images, labelled by class_names (default: the classes chosen from it)."""
+        path = self.split_path(split)
+        names = class_names if class_names is not None else self.choose(path)
+        transform = self.train_transform if split == "train" else self.val_transform
+        return ClassFolders(path, transform, names, mode="L" if self.in_chans == 1 else "RGB")
+
+    def split_path(self, split: str) -> Path:
         path = self.root / split
         if not path.is_dir():
             raise DataError(
                 f"{self.name}: no folder {path.resolve()} (expected {split}/<class>/<image> under data.root)"
             )
+        return path
 
-        def select(names: list[str]) -> list[str]:
-            if class_names is not None:
-                return class_names
-            if isinstance(self.classes, int):
-                return names[: self.classes]
-            if self.classes is not None:
-                missing = sorted(set(self.classes) - set(names))
-                if missing:
-                    raise DataError(f"{path}: no class folder(s) {', '.join(missing)}")
-                return sorted(self.classes)
-            return names
+    def choose(self, path: Path) -> list[str]:
+        """The class folders data.classes asks for, in sorted order."""
+        names = sorted(entry.name for entry in path.iterdir() if entry.is_dir())
+        if not names:
+            raise DataError(f"{self.name}: no class folders under {path.resolve()} (expected <class>/<image> there)")
+        if isinstance(self.classes, int):
+            return names[: self.classes]
+        if self.classes is not None:
+            missing = sorted(set(self.classes) - set(names))
+            if missing:
+                raise DataError(f"{path}: no class folder(s) {', '.join(missing)}")
+            return sorted(self.classes)
+        return names
 
-        transform = self.train_transform if split == "train" else self.val_transform
-        return ClassFolders(path, transform, select)
+    def class_count(self) -> int:
+        return len(self.choose(self.split_path("train")))
 
     def loaders(self, device: torch.device, rank: int, world: int, seed: int):
         train = self.folder("train")
-        if len(train.classes) != self.num_classes:
+        if self.num_classes is not None and len(train.classes) != self.num_classes:
             raise DataError(
-                f"data: {len(train.classes)} classes under {self.root / 'train'} but num_classes is "
-                f"{self.num_classes}; set data.num_classes={len(train.classes)}"
+                f"data: {len(train.classes)} classes chosen under {self.root / 'train'} but data.num_classes is "
+                f"{self.num_classes}; leave it out (null) to use the number of classes"
             )
         val = self.folder("val", train.classes)  # the same label for the same class name
         # its own generator: the DataLoader draws a worker seed per epoch, which must not come
@@ -126,9 +138,9 @@ class DeviceLoader:
 
 
 class SeededBatches:
-    """Batches of (seed, index) pairs: each image is augmented from its own seed, made of
-    (run seed, epoch, index), so its crop, flip and policy are the same whichever worker
-    loads it, in every run with that seed, and after a resume mid-epoch."""
+    """Batches of (run seed, epoch, index): each image is augmented from its own stream, seeded
+    by those three, so its crop, flip and policy are the same whichever worker loads it, in
+    every run with that seed, and after a resume mid-epoch."""
 
     def __init__(self, batches: ShardedBatches):
         self.batches = batches
@@ -141,24 +153,42 @@ class SeededBatches:
 
     def __iter__(self):
         seed, epoch = self.batches.seed, self.batches.epoch
-        for index in self.batches:
-            yield [(seed_for("image", seed, epoch, i), i) for i in index.tolist()]
+        for index in self.batches:  # the seeds are hashed in the loading processes, not here
+            yield [(seed, epoch, i) for i in index.tolist()]
+
+
+def load_image(path: str, mode: str) -> Image.Image:
+    with open(path, "rb") as f:
+        return Image.open(f).convert(mode)
+
+
+def workers(num_workers: int | str) -> int:
+    """auto: one loading process per core this process may use, at most 8; the training step's
+    threads share those cores, and more processes than cores only fight over them."""
+    if num_workers != "auto":
+        if not isinstance(num_workers, int) or num_workers < 0:
+            raise ConfigError(f"data: num_workers must be auto or a whole number >= 0, got {num_workers!r}")
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, cores)
 
 
 class ClassFolders(datasets.ImageFolder):
     """torchvision's ImageFolder over a chosen subset of the class folders, indexed by
-    (seed, index) pairs: the transform draws from a random stream seeded for that image."""
+    (run seed, epoch, index): the transform draws from a random stream seeded for that image."""
 
-    def __init__(self, root: Path, transform, select):
-        self.select = select  # before super().__init__, which calls find_classes
-        super().__init__(str(root), transform=transform)
+    def __init__(self, root: Path, transform, class_names: list[str], mode: str = "RGB"):
+        self.class_names = class_names  # before super().__init__, which calls find_classes
+        super().__init__(str(root), transform=transform, loader=partial(load_image, mode=mode))
 
     def __getitem__(self, item):
-        seed, index = item
+        run_seed, epoch, index = item
+        seed = seed_for("image", run_seed, epoch, index)
+        # the CPU generator only: torch.manual_seed would also queue a seed for every lazy
+        # accelerator backend, with a captured stack each time (about 1 ms per image)
         with torch.random.fork_rng(devices=[]):  # leaves the caller's stream alone (num_workers=0)
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             return super().__getitem__(index)
 
     def find_classes(self, directory):
-        names = self.select(super().find_classes(directory)[0])
-        return names, {name: i for i, name in enumerate(names)}
+        return self.class_names, {name: i for i, name in enumerate(self.class_names)}

@@ -19,7 +19,7 @@ class DataSource:
         name: str,
         img_size: int,
         in_chans: int,
-        num_classes: int,
+        num_classes: int | None,
         batch_size: int,
         mean: list[float],
         std: list[float],
@@ -33,3 +33,9 @@ class DataSource:
         self.name, self.img_size, self.in_chans, self.num_classes = name, img_size, in_chans, num_classes
         self.batch_size, self.mean, self.std = batch_size, list(mean), list(std)
         self.mixup, self.cutmix = mixup, cutmix
+
+    def class_count(self) -> int:
+        """The number of classes, for a config that leaves data.num_classes to the data."""
+        if self.num_classes is None:
+            raise ConfigError(f"data: {self.name} needs data.num_classes")
+        return self.num_classes
