@@ -50,14 +50,15 @@ def variants(cfg: DictConfig, compiled_options: list[bool], amp, loader) -> list
     out = []
     for compiled in compiled_options:
         tag = " +compile" if compiled else ""
-        mine = partial(Variant, compiled=compiled, amp=amp)
-        out.append(mine(f"ours learned_1d conv{tag}", ours(cfg, "learned_1d", "conv")))
+        mine, reference = partial(Variant, compiled=compiled, amp=amp), f"ours learned_1d conv{tag}"
+        out.append(mine(reference, ours(cfg, "learned_1d", "conv")))
         if loader is not None:
-            out.append(mine(f"ours learned_1d conv{tag}, fed by the data loader", ours(cfg, "learned_1d", "conv")))
-            out[-1].loader = loader
+            fed = f"{reference}, fed by the data loader"
+            out.append(mine(fed, ours(cfg, "learned_1d", "conv"), loader=loader, against=reference))
         out.append(mine(f"timm learned_1d conv{tag}", timm))
         if amp is not None:
-            out.append(Variant(f"timm learned_1d conv{tag} at its default fp32", timm, compiled=compiled))
+            default = f"timm learned_1d conv{tag} at its default fp32"
+            out.append(Variant(default, timm, compiled=compiled, against=reference))
         if cfg.benchmark.compare:
             others = [s for s in registry.schemes() if s != "learned_1d"]
             out += [mine(f"ours {s} conv{tag}", ours(cfg, s, "conv"), s, "conv") for s in others]

@@ -39,6 +39,7 @@ class Variant:
     compiled: bool = False
     amp: torch.dtype | None = None  # the autocast dtype; None: fp32
     loader: Any = None  # a data loader to feed the training step, instead of one fixed batch
+    against: str | None = None  # the variant this one is a headline ratio with
     train_ips: list[float] = field(default_factory=list)
     infer_ips: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
@@ -244,6 +245,7 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
                 "compiled": v.compiled,
                 "precision": precision.precision_name(v.amp),
                 "fed_by_loader": v.loader is not None,
+                "against": v.against,
                 "params": v.params,
                 "train_images_per_sec": train,
                 "infer_images_per_sec": infer,
@@ -281,14 +283,15 @@ def markdown(rows: list[dict]) -> str:
 def headlines(rows: list[dict]) -> list[str]:
     """The two ratios a user asks for: what loading the data costs, and ours at the trainer's
     precision against timm at its default; each against its counterpart in the same run."""
-    lines = []
-    for fed in (r for r in rows if r["fed_by_loader"]):
-        plain = next(r for r in rows if r["variant"] == fed["variant"].split(", fed by")[0])
-        share = fed["train_images_per_sec"] / plain["train_images_per_sec"]
-        lines.append(f"fed by the data loader: {100 * share:.0f}% of the images/s of the same step on a fixed batch")
-    for default in (r for r in rows if r["variant"].endswith(" at its default fp32")):
-        name = default["variant"].removesuffix(" at its default fp32").replace("timm", "ours", 1)
-        ours = next(r for r in rows if r["variant"] == name)
-        speed = ours["train_images_per_sec"] / default["train_images_per_sec"]
-        lines.append(f"{name} in {ours['precision']}: {speed:.2f}x the training images/s of timm's at its default fp32")
+    by_name, lines = {r["variant"]: r for r in rows}, []
+    for row in (r for r in rows if r["against"] is not None):
+        other = by_name[row["against"]]
+        if row["fed_by_loader"]:
+            share = row["train_images_per_sec"] / other["train_images_per_sec"]
+            same_step = "of the images/s of the same step on a fixed batch"
+            lines.append(f"fed by the data loader: {100 * share:.0f}% {same_step}")
+        else:  # timm at its default fp32, against ours
+            speed = other["train_images_per_sec"] / row["train_images_per_sec"]
+            name = f"{other['variant']} in {other['precision']}"
+            lines.append(f"{name}: {speed:.2f}x the training images/s of timm's at its default fp32")
     return lines
