@@ -16,7 +16,7 @@ from vit import VisionTransformer, registry  # noqa: E402
 # own arguments bound: a new scheme is tested by adding its file and its config
 PATCH_EMBEDS = {name: registry.component("model/patch_embed", name) for name in registry.patch_embeds()}
 SCHEMES = {name: registry.component("model/pos_embed", name) for name in registry.schemes()}
-POOLS = ("cls", "gap")
+POOLS = ("cls", "gap", "seq")
 
 
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

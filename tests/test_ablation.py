@@ -62,6 +62,13 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
         "| none | 1 |" in report and "| learned_1d | 1 |" in report and "![validation accuracy](curves.png)" in report
     )
     assert "## Runs that did not finish" in report and "rope_2d_seed0" in report
+    # a line per run while the checkpoints are evaluated, so a long evaluation is never silent
+    evaluating = [line for line in first.stdout.splitlines() if line.startswith("evaluating ")]
+    assert [line.split(" ...")[0] for line in evaluating] == [
+        "evaluating 1/2: none_seed0",
+        "evaluating 2/2: learned_1d_seed0",
+    ]
+    assert all(" acc1 " in line and " shuffled " in line for line in evaluating)
     # runs are named by scheme and seed, for TensorBoard
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
         "learned_1d_seed0",
@@ -73,6 +80,7 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     assert len(checkpoints) == 4  # last.pt and best.pt of the two that finished
     second = ablate(tmp_path, *args)
     assert second.returncode == 1 and "1 of 3 runs of quick to train" in second.stdout
+    assert "evaluating" not in second.stdout  # eval.json of the finished runs is kept
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")} == checkpoints
 
 

@@ -22,7 +22,7 @@ def test_every_combination_trains_at_three_resolutions(patch_embed, pool, scheme
 
 
 @pytest.mark.parametrize("patch_embed", ["conv", "linear"])
-@pytest.mark.parametrize("pool", ["cls", "gap"])
+@pytest.mark.parametrize("pool", POOLS)
 def test_without_positions_shuffling_patches_changes_nothing(patch_embed, pool):
     model = perturb_(tiny_vit(patch_embed, pool, "none")).double().eval()
     images = torch.randn(3, 3, 16, 16, dtype=torch.float64)
@@ -41,6 +41,23 @@ def test_with_positions_shuffling_patches_changes_the_logits(patch_embed, pool, 
     # in float64, where "changes nothing" above means 1e-10: a fixed bias such as alibi_2d's
     # changes a barely trained model's logits by only about 1e-3
     assert (model(shuffled) - model(images)).abs().max() > 1e-6
+
+
+OVERLAPPING = {"conv_stem", "conv_tokenizer"}  # convolutional stems: receptive fields cross patch borders
+
+
+@pytest.mark.parametrize("patch_embed", list(PATCH_EMBEDS))
+def test_a_token_sees_across_its_patch_border_only_with_a_convolutional_stem(patch_embed):
+    embed = PATCH_EMBEDS[patch_embed](patch_size=4, in_chans=3, embed_dim=32).eval()
+    images = torch.rand(1, 3, 16, 12)
+    tokens = embed(images)
+    assert tokens.shape == (1, 4 * 3, 32)
+    nudged = images.clone()
+    nudged[:, :, 1, 3] += 1.0  # the last pixel of patch (0, 0), next to the border with patch (0, 1)
+    changed = (embed(nudged) - tokens).abs().amax(dim=-1)[0]
+    assert changed[0] > 0  # its own patch's token
+    assert (changed[1] > 0) == (patch_embed in OVERLAPPING)  # the neighbour's, only through a conv stem
+    assert changed[-1] == 0  # patch (3, 2), far away: beyond every stem's reach
 
 
 def test_image_size_not_a_multiple_of_the_patch_raises_naming_both():
@@ -64,9 +81,10 @@ def test_rectangular_images_run():
         (dict(embed_dim=30, num_heads=4), "embed_dim 30 is not divisible by num_heads 4"),
         (dict(scheme="sincos_2d", embed_dim=30, num_heads=6), "sincos_2d needs embed_dim divisible by 4, got 30"),
         (dict(scheme="rope_2d", embed_dim=48, num_heads=8), "head width .* divisible by 4, got 6"),
-        (dict(pool="avg"), "pool must be one of cls, gap"),
+        (dict(pool="avg"), "pool must be one of cls, gap, seq"),
         (dict(depth="3"), "depth must be a positive integer"),
         (dict(patch_embed="conv_stem", patch_size=6, img_size=12), "power of 2"),
+        (dict(patch_embed="conv_tokenizer", patch_size=6, img_size=12), "conv_tokenizer needs .* power of 2"),
     ],
 )
 def test_bad_values_raise_a_clear_value_error(kwargs, message):
@@ -90,6 +108,21 @@ def test_no_weight_decay_names_tables_tokens_norms_and_biases():
     assert {"pos_embed.offset_table", "pos_embed.class_table"} <= tiny_vit(scheme="relative_bias").no_weight_decay()
 
 
+def test_sequence_pooling_is_a_softmax_weighted_mean_of_the_normed_tokens():
+    model = perturb_(tiny_vit(pool="seq")).double().eval()
+    images = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    normed = model.norm(model.forward_features(images))  # (2, 16, 32)
+    with torch.no_grad():
+        model.seq_score.weight.zero_()
+        model.seq_score.bias.zero_()
+    torch.testing.assert_close(model(images), model.head(normed.mean(dim=1)))  # equal scores: the plain mean
+    with torch.no_grad():  # a score that grows with the first channel: the tokens it favours dominate
+        model.seq_score.weight[0, 0] = 1e4
+    favoured = normed[torch.arange(2), normed[..., 0].argmax(dim=1)]
+    torch.testing.assert_close(model(images), model.head(favoured))
+    assert model.seq_score.weight.requires_grad and "seq_score.weight" not in model.no_weight_decay()
+
+
 def test_stochastic_depth_grows_linearly_over_depth():
     model = tiny_vit(depth=5, drop_path_rate=0.2)
     rates = [getattr(block.drop_path, "drop_prob", 0.0) for block in model.blocks]
@@ -108,8 +141,8 @@ def test_bf16_autocast_runs_and_stays_close_to_fp32(scheme):
 
 
 # a graph break lives in one part's code: every scheme with each pool, every patch embedding with each pool
-COMPILE_CASES = sorted(
-    {("conv", pool, s) for pool in POOLS for s in SCHEMES}
+COMPILE_CASES = sorted(  # seq differs from gap only in the head: one patch embedding is enough for a scheme
+    {("conv", pool, s) for pool in ("cls", "gap") for s in SCHEMES}
     | {(p, pool, "learned_1d") for pool in POOLS for p in PATCH_EMBEDS}
 )
 

@@ -13,6 +13,7 @@ from vit.model.pos_embed.learned_1d import Learned1d
 from vit.model.pos_embed.relative_bias import RelativeBias
 from vit.model.pos_embed.rope_2d import Rope2d, rotate
 from vit.model.pos_embed.rope_mixed import RopeMixed
+from vit.model.pos_embed.sincos_1d import SinCos1d
 from vit.model.pos_embed.sincos_2d import SinCos2d
 
 
@@ -69,6 +70,44 @@ def test_sincos_is_recomputed_for_a_new_grid():
     torch.testing.assert_close(added, scheme(SinCos2d, grid=(6, 5), prefix=0).embedding((6, 5)))
     # the entries of the old grid's positions are unchanged: (row 2, col 3) is the same vector
     torch.testing.assert_close(added[2 * 5 + 3], s.embedding((3, 4))[2 * 4 + 3])
+
+
+# sincos_1d
+
+
+def test_sincos_1d_matches_the_transformers_formula_in_raster_order():
+    dim, grid = 16, (3, 4)
+    pe = scheme(SinCos1d, grid=grid, dim=dim).embedding(grid)
+    assert pe.shape == (1 + 12, dim)
+    assert torch.equal(pe[0], torch.zeros(dim))  # nothing added to the class token
+    half = dim // 2
+    for r, c, k in itertools.product(range(grid[0]), range(grid[1]), range(half)):
+        p, w = r * grid[1] + c, 1 / 10000 ** (k / half)
+        row = pe[1 + p]
+        assert [row[k], row[half + k]] == pytest.approx([math.sin(p * w), math.cos(p * w)], abs=1e-5)
+
+
+def test_sincos_1d_dot_products_depend_only_on_the_sequence_offset():
+    pe = scheme(SinCos1d, grid=(4, 5), prefix=0, dim=32).embedding((4, 5)).double()
+    gram = pe @ pe.T
+    for offset in range(-19, 20):
+        torch.testing.assert_close(gram.diagonal(offset), gram.diagonal(offset)[:1].expand(20 - abs(offset)))
+    assert gram.diagonal(1)[0] != gram.diagonal(5)[0]  # one step right is not one row down
+
+
+def test_sincos_1d_on_a_new_grid_counts_positions_in_the_new_raster_order():
+    s = scheme(SinCos1d, grid=(3, 4), prefix=0)
+    added = s.add_to_tokens(torch.zeros(1, 6 * 5, 32), (6, 5))[0]
+    torch.testing.assert_close(added[:12], s.embedding((3, 4)))  # the first 12 positions are shared
+    # (row 1, col 0) is position 5 on the new grid, where it was 4: a 1D scheme knows no rows
+    torch.testing.assert_close(added[5], s.embedding((3, 4))[5])
+    assert not torch.allclose(added[5], s.embedding((3, 4))[4])
+
+
+def test_sincos_1d_is_not_trainable_and_not_saved():
+    model = tiny_vit(scheme="sincos_1d")
+    assert list(model.pos_embed.parameters()) == []
+    assert not any(k.startswith("pos_embed.") for k in model.state_dict())
 
 
 # learned_1d

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vit.errors import ConfigError
 
-POOLS = ("cls", "gap")
+POOLS = ("cls", "gap", "seq")
 # the model's arguments that check_vit_sizes checks, as named in configs/model/
 SIZE_KEYS = ("img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "depth", "num_heads", "pool")
 

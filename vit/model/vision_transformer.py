@@ -8,7 +8,9 @@
 `configs/model/patch_embed/*.yaml` and `configs/model/pos_embed/*.yaml`), called with the
 sizes the model knows. `pool="cls"` classifies from a prepended class token after a final
 LayerNorm (timm's `norm`); `pool="gap"` averages the patch tokens, then applies the
-LayerNorm (timm's `fc_norm`, big_vision's GAP head).
+LayerNorm (timm's `fc_norm`, big_vision's GAP head); `pool="seq"` is CCT's sequence pooling
+(Hassani et al. 2021): the LayerNorm on every token, then their mean weighted by a softmax
+over one learned score per token.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ class VisionTransformer(nn.Module):
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, dropout, drop_path[i]) for i in range(depth)
         )
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+        self.seq_score = nn.Linear(embed_dim, 1) if pool == "seq" else None
         self.head_drop = nn.Dropout(dropout)
         self.head = nn.Linear(embed_dim, num_classes)
         self.apply(_init_linear)
@@ -93,7 +96,13 @@ class VisionTransformer(nn.Module):
         return x
 
     def forward_head(self, x: Tensor) -> Tensor:
-        x = self.norm(x[:, 0]) if self.pool == "cls" else self.norm(x.mean(dim=1))
+        if self.pool == "cls":
+            x = self.norm(x[:, 0])
+        elif self.pool == "gap":
+            x = self.norm(x.mean(dim=1))
+        else:  # seq: a learned softmax weighting of the normed tokens
+            x = self.norm(x)
+            x = (self.seq_score(x).softmax(dim=1) * x).sum(dim=1)
         return self.head(self.head_drop(x))
 
     def forward(self, images: Tensor) -> Tensor:

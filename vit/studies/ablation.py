@@ -13,6 +13,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,30 +117,45 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str]) -> int:
 
 def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
     """Every grid point with its status, summary, per-epoch history and evaluation
-    (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated)."""
+    (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated, with
+    a line per run: the evaluation of a long ablation takes minutes)."""
+    runs = [load_run(point, out) for point in grid_points(grid_of(cfg))]
+    todo = [run for run in runs if run.status == "finished" and not run.evaluation]
+    for number, run in enumerate(todo, start=1):
+        started = time.time()
+        print(f"evaluating {number}/{len(todo)}: {run.folder.name} ...", end=" ", flush=True)
+        evaluate_run(run, list(cfg.resolutions) if cfg.resolutions else None, device)
+        e = run.evaluation
+        print(f"acc1 {e['acc1']:.2f}, shuffled {e['shuffled_acc1']:.2f} ({time.time() - started:.0f} s)", flush=True)
+    return runs
+
+
+def load_run(point: dict[str, str], out: Path) -> Run:
+    """A grid point as its folder holds it; `evaluation` is empty when eval.json is missing or
+    older than the run's summary."""
+    run = Run(point, out / "runs" / folder_name(point))
+    summary, error, evaluation = (run.folder / name for name in ("summary.json", "error.txt", "eval.json"))
+    if summary.exists():
+        run.status, run.summary = "finished", json.loads(summary.read_text())
+        run.history = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
+        if evaluation.exists() and evaluation.stat().st_mtime >= summary.stat().st_mtime:
+            run.evaluation = json.loads(evaluation.read_text())
+    elif error.exists():
+        run.status = "failed"
+        run.error = error.read_text().strip().splitlines()[-1]
+    elif run.folder.exists():
+        run.status, run.error = "failed", "stopped before it finished (no summary.json, no error.txt)"
+    return run
+
+
+def evaluate_run(run: Run, resolutions: list[int] | None, device: str) -> None:
+    """Evaluate the run's last.pt into eval.json (written atomically: a kill leaves none)."""
     from vit.studies.evaluation import evaluate_checkpoint  # torch, only once there is something to evaluate
 
-    runs = []
-    for point in grid_points(grid_of(cfg)):
-        run = Run(point, out / "runs" / folder_name(point))
-        summary, error = run.folder / "summary.json", run.folder / "error.txt"
-        if summary.exists():
-            run.status, run.summary = "finished", json.loads(summary.read_text())
-            run.history = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
-            evaluation = run.folder / "eval.json"
-            if not evaluation.exists() or evaluation.stat().st_mtime < summary.stat().st_mtime:
-                result = evaluate_checkpoint(
-                    run.folder / "checkpoints" / "last.pt", list(cfg.resolutions) if cfg.resolutions else None, device
-                )
-                evaluation.write_text(json.dumps(result, indent=2) + "\n")
-            run.evaluation = json.loads(evaluation.read_text())
-        elif error.exists():
-            run.status = "failed"
-            run.error = error.read_text().strip().splitlines()[-1]
-        elif run.folder.exists():
-            run.status, run.error = "failed", "stopped before it finished (no summary.json, no error.txt)"
-        runs.append(run)
-    return runs
+    run.evaluation = evaluate_checkpoint(run.folder / "checkpoints" / "last.pt", resolutions, device)
+    partial = run.folder / "eval.json.tmp"
+    partial.write_text(json.dumps(run.evaluation, indent=2) + "\n")
+    partial.replace(run.folder / "eval.json")
 
 
 def result_rows(runs: list[Run]) -> list[dict]:

@@ -48,7 +48,8 @@ class Variant:
 
 
 def timm_equivalent(cfg) -> torch.nn.Module:
-    """timm's VisionTransformer with the configuration of our conv + learned_1d model."""
+    """timm's VisionTransformer with the configuration of our conv + learned_1d model (for
+    pool=seq, timm's average pooling: timm has no sequence pooling, one Linear(D, 1) less)."""
     from timm.models.vision_transformer import VisionTransformer
 
     m = cfg.model
