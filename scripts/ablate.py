@@ -1,7 +1,7 @@
 """Compare positional schemes: train a grid of runs, evaluate them, write a report.
 
     python scripts/ablate.py                                    # ablation=quick: offline, a few minutes
-    python scripts/ablate.py ablation=fmnist                    # real images, every scheme x 3 seeds: about 25 min, 2 cores
+    python scripts/ablate.py ablation=fmnist                    # real images, every scheme x 3 seeds, 2 cores
     python scripts/ablate.py ablation=cifar10                   # every scheme x 3 seeds, for a GPU
     python scripts/ablate.py ablation=cifar10 trainer.epochs=50 # any training override, for every run
     python scripts/ablate.py ablation=cifar10 hydra/launcher=submitit_slurm   # on a cluster
