@@ -9,7 +9,7 @@ import torch
 
 from conftest import POOLS, SCHEMES, tiny_vit
 from data_files import make_class_folders
-from runs import script
+from runs import one_error_line, script
 from vit import registry
 from vit.studies.benchmark import Variant, forward_flops, results, run
 
@@ -96,12 +96,22 @@ def test_benchmark_script_table_and_json(tmp_path):
         "benchmark.rounds=2",
         "benchmark.warmup=1",
         "trainer.precision=fp32",  # auto would be bf16 on a CPU with AMX
+        "benchmark.vary=['model.depth=2 model.mlp_ratio=1','model.pool=seq']",
         f"benchmark.out_dir={tmp_path}",
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
+    # benchmark.vary: the configured model under more overrides, each string one variant
+    deeper, pooled = (
+        rows.pop("ours learned_1d conv model.depth=2 model.mlp_ratio=1"),
+        rows.pop("ours learned_1d conv model.pool=seq"),
+    )
+    flops = vit_matmul_flops(img=32, patch=4, chans=3, dim=48, depth=2, mlp=48, classes=10, cls=True)
+    assert deeper["train_gflops_per_image"] == pytest.approx(3 * flops / 1e9, rel=1e-12)
+    # no class token, nor its row of the positional table; a score per token: Linear(48, 1)
+    assert pooled["params"] == rows["ours learned_1d conv"]["params"] - 48 - 48 + 49
     expected = {"ours learned_1d conv", "timm learned_1d conv"}
     expected |= {f"ours {s} conv" for s in registry.schemes()}
     expected |= {f"ours learned_1d {p}" for p in registry.patch_embeds()}
@@ -122,6 +132,14 @@ def test_benchmark_script_table_and_json(tmp_path):
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
     assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
     assert "| timm learned_1d conv |" in proc.stdout
+
+
+def test_benchmark_vary_takes_model_overrides_only(tmp_path):
+    proc = script("benchmark.py", "benchmark.vary=['data.batch_size=64']", cwd=tmp_path)
+    assert one_error_line(proc, code=2) == (
+        "error: benchmark.vary: each entry is a string of model overrides, such as 'model.depth=6', "
+        "got 'data.batch_size=64'"
+    )
 
 
 def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms_default(tmp_path):

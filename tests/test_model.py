@@ -60,6 +60,23 @@ def test_a_token_sees_across_its_patch_border_only_with_a_convolutional_stem(pat
     assert changed[-1] == 0  # patch (3, 2), far away: beyond every stem's reach
 
 
+def test_conv_tokenizer_halves_the_grid_per_stage_and_normalises_when_asked():
+    from vit.model.patch_embed.conv_tokenizer import ConvTokenizer
+
+    plain = ConvTokenizer(patch_size=8, in_chans=1, embed_dim=64)
+    convs = [m for m in plain.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [
+        (1, 16, (1, 1)),
+        (16, 32, (1, 1)),
+        (32, 64, (1, 1)),
+    ]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
+    normed = ConvTokenizer(patch_size=8, in_chans=1, embed_dim=64, batch_norm=True)
+    kinds = [type(m).__name__ for m in normed.tokenizer]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 3  # normalised before the non-linearity
+    assert normed(torch.rand(4, 1, 32, 24)).shape == (4, 4 * 3, 64)
+
+
 def test_image_size_not_a_multiple_of_the_patch_raises_naming_both():
     model = tiny_vit()
     with pytest.raises(ValueError, match=r"30x32.*patch size 4"):

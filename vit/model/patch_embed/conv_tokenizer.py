@@ -7,7 +7,8 @@ then halves the grid. It reaches the grid of a patch-size conv, with overlapping
 fields and a small translation invariance inside each token.
 
 Widths double at every stage and end at embed_dim, at least 16 each (for width 64 and
-patch 4: 32, 64). No bias, no normalisation: the CCT tokenizer as published.
+patch 4: 32, 64). No bias and no normalisation, as published; `batch_norm=True` adds a
+BatchNorm after each convolution, as `conv_stem` has.
 """
 
 import torch
@@ -18,7 +19,7 @@ from vit.errors import ConfigError
 
 
 class ConvTokenizer(nn.Module):
-    def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int):
+    def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int, batch_norm: bool = False):
         super().__init__()
         stages = patch_size.bit_length() - 1
         if patch_size < 2 or 2**stages != patch_size:
@@ -28,6 +29,7 @@ class ConvTokenizer(nn.Module):
             width = embed_dim if i == stages - 1 else max(16, embed_dim // 2 ** (stages - 1 - i))
             layers += [
                 nn.Conv2d(width_in, width, kernel_size=3, stride=1, padding=1, bias=False),
+                *([nn.BatchNorm2d(width)] if batch_norm else []),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             ]
