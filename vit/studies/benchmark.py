@@ -108,7 +108,8 @@ class Bench:
     ):
         self.model = variant.build().to(device)
         variant.params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+        fused = device.type in ("cuda", "cpu") or None  # as the trainer's
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
         self.net = torch.compile(self.model) if variant.compiled else self.model
         self.x = torch.randn(batch, in_chans, img_size, img_size, device=device)
         self.y = torch.randint(0, classes, (batch,), device=device)
