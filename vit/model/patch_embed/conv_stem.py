@@ -17,9 +17,7 @@ from vit.errors import ConfigError
 class ConvStemPatchEmbed(nn.Module):
     def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int):
         super().__init__()
-        stages = patch_size.bit_length() - 1
-        if patch_size < 2 or 2**stages != patch_size:
-            raise ConfigError(f"conv_stem needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+        stages = halvings("conv_stem", patch_size)
         layers, width_in = [], in_chans
         for i in range(stages):
             width = max(16, embed_dim // 2 ** (stages - 1 - i))
@@ -36,3 +34,11 @@ class ConvStemPatchEmbed(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         return rearrange(self.stem(images.to(memory_format=torch.channels_last)), "b d h w -> b (h w) d")
+
+
+def halvings(name: str, patch_size: int) -> int:
+    """How many stride-2 stages reach a patch size: log2 of it, which must be a whole number."""
+    stages = patch_size.bit_length() - 1
+    if patch_size < 2 or 2**stages != patch_size:
+        raise ConfigError(f"{name} needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+    return stages

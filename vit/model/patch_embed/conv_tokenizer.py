@@ -15,15 +15,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from vit.errors import ConfigError
+from vit.model.patch_embed.conv_stem import halvings
 
 
 class ConvTokenizer(nn.Module):
     def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int, batch_norm: bool = False):
         super().__init__()
-        stages = patch_size.bit_length() - 1
-        if patch_size < 2 or 2**stages != patch_size:
-            raise ConfigError(f"conv_tokenizer needs a patch size that is a power of 2 (>= 2), got {patch_size}")
+        stages = halvings("conv_tokenizer", patch_size)
         layers, width_in = [], in_chans
         for i in range(stages):
             width = embed_dim if i == stages - 1 else max(16, embed_dim // 2 ** (stages - 1 - i))

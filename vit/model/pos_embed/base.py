@@ -65,6 +65,26 @@ class PositionalScheme(nn.Module):
         return None
 
 
+class FixedTable(PositionalScheme):
+    """A scheme whose vectors are a fixed function of the grid, added to the tokens: computed
+    once for the training grid (a buffer, not saved in a checkpoint) and again for any other.
+    A subclass defines `embedding` and calls `cache_training_grid()` once it can compute it."""
+
+    def embedding(self, grid: tuple[int, int], device=None) -> Tensor:
+        """(prefix + Gh*Gw, D), with zero rows for the prefix tokens."""
+        raise NotImplementedError
+
+    def cache_training_grid(self) -> None:
+        self.register_buffer("cached", self.embedding(self.grid_size), persistent=False)
+
+    def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
+        pe = self.cached if tuple(grid) == self.grid_size else self.embedding(grid, x.device)
+        return x + pe
+
+    def position_table(self, grid: tuple[int, int]) -> Tensor:
+        return self.embedding(grid)[self.num_prefix_tokens :]
+
+
 def grid_coords(grid: tuple[int, int], device: torch.device | None = None) -> Tensor:
     """(Gh*Gw, 2) float (row, col) of each patch, row-major like the token order."""
     rows, cols = torch.meshgrid(

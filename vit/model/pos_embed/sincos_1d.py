@@ -20,16 +20,16 @@ import torch
 from torch import Tensor
 
 from vit.errors import ConfigError
-from vit.model.pos_embed.base import PositionalScheme
+from vit.model.pos_embed.base import FixedTable
 
 
-class SinCos1d(PositionalScheme):
+class SinCos1d(FixedTable):
     def __init__(self, *, temperature: float = 10000.0, **kwargs):
         super().__init__(**kwargs)
         if self.dim % 2:
             raise ConfigError(f"sincos_1d needs an even embed_dim, got {self.dim}")
         self.temperature = temperature
-        self.register_buffer("cached", self.embedding(self.grid_size), persistent=False)
+        self.cache_training_grid()
 
     def embedding(self, grid: tuple[int, int], device=None) -> Tensor:
         """(prefix + Gh*Gw, D) with zero rows for the prefix tokens."""
@@ -38,10 +38,3 @@ class SinCos1d(PositionalScheme):
         angles = torch.arange(grid[0] * grid[1], device=device, dtype=torch.float32)[:, None] * omega
         pe = torch.cat([angles.sin(), angles.cos()], dim=-1)
         return torch.cat([pe.new_zeros(self.num_prefix_tokens, self.dim), pe])
-
-    def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        pe = self.cached if tuple(grid) == self.grid_size else self.embedding(grid, x.device)
-        return x + pe
-
-    def position_table(self, grid: tuple[int, int]) -> Tensor:
-        return self.embedding(grid)[self.num_prefix_tokens :]

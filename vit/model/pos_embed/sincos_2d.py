@@ -14,16 +14,16 @@ import torch
 from torch import Tensor
 
 from vit.errors import ConfigError
-from vit.model.pos_embed.base import PositionalScheme, grid_coords
+from vit.model.pos_embed.base import FixedTable, grid_coords
 
 
-class SinCos2d(PositionalScheme):
+class SinCos2d(FixedTable):
     def __init__(self, *, temperature: float = 10000.0, **kwargs):
         super().__init__(**kwargs)
         if self.dim % 4:
             raise ConfigError(f"sincos_2d needs embed_dim divisible by 4, got {self.dim}")
         self.temperature = temperature
-        self.register_buffer("cached", self.embedding(self.grid_size), persistent=False)
+        self.cache_training_grid()
 
     def embedding(self, grid: tuple[int, int], device=None) -> Tensor:
         """(prefix + Gh*Gw, D) with zero rows for the prefix tokens."""
@@ -32,10 +32,3 @@ class SinCos2d(PositionalScheme):
         angles = grid_coords(grid, device)[:, :, None] * omega  # (N, 2, F): row, col
         pe = torch.cat([angles[:, 0].sin(), angles[:, 0].cos(), angles[:, 1].sin(), angles[:, 1].cos()], -1)
         return torch.cat([pe.new_zeros(self.num_prefix_tokens, self.dim), pe])
-
-    def add_to_tokens(self, x: Tensor, grid: tuple[int, int]) -> Tensor:
-        pe = self.cached if tuple(grid) == self.grid_size else self.embedding(grid, x.device)
-        return x + pe
-
-    def position_table(self, grid: tuple[int, int]) -> Tensor:
-        return self.embedding(grid)[self.num_prefix_tokens :]
