@@ -94,6 +94,19 @@ def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, mo
     assert "all 4 runs of quick have finished; nothing to train" in capsys.readouterr().out
 
 
+def test_a_sweep_trains_every_scheme_of_a_seed_before_the_next_seed(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, **_: started.append(command) or subprocess.CompletedProcess(command, 0)
+    )
+    cfg = compose("ablate", ["ablation.schemes=[none,rope_2d]", "ablation.seeds=[0,1]"]).ablation
+    cfg.vary = {"model.pool": ["gap", "cls"]}
+    assert run_sweep(cfg, tmp_path, []) == 0
+    keys = [arg.split("=")[0] for arg in started[0]]
+    grid = [key for key in keys if key in ("seed", "model/pos_embed", "model.pool")]
+    assert grid == ["seed", "model/pos_embed", "model.pool"]  # Hydra's sweeper varies the last fastest
+
+
 def test_eval_script_matches_what_training_logged(tmp_path):
     run = tmp_path / "run"
     train(run, "experiment=digits", "trainer.epochs=1", "model.embed_dim=32", "model.depth=1", "model.num_heads=2")

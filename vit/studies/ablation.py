@@ -88,7 +88,10 @@ def subdir_template(grid: dict[str, list]) -> str:
 def sweep_command(cfg: DictConfig, runs_dir: Path, extra: list[str]) -> list[str]:
     """`scripts/train.py -m` over the grid; `extra` may pick a Hydra launcher, e.g.
     `hydra/launcher=submitit_slurm`, or override any training key for every run."""
-    grid = [f"{key}={','.join(map(str, values))}" for key, values in grid_of(cfg).items()]
+    # seeds first: Hydra's sweeper varies the last key fastest, so every scheme's first seed
+    # trains before any second seed, and a long ablation cut short still compares all schemes
+    ordered = sorted(grid_of(cfg).items(), key=lambda item: item[0] != "seed")
+    grid = [f"{key}={','.join(map(str, values))}" for key, values in ordered]
     return [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
