@@ -2,11 +2,12 @@
 
     python scripts/ablate.py                                    # ablation=quick: offline, a few minutes
     python scripts/ablate.py ablation=fmnist                    # real images, every scheme x 3 seeds, 2 cores
+    python scripts/ablate.py ablation=fmnist_full jobs=2        # two runs at a time, one CPU thread each
     python scripts/ablate.py ablation=cifar10                   # every scheme x 3 seeds, for a GPU
     python scripts/ablate.py ablation=cifar10 trainer.epochs=50 # any training override, for every run
     python scripts/ablate.py ablation=cifar10 hydra/launcher=submitit_slurm   # on a cluster
 
-Arguments that start with `ablation`, `device` or `out_dir` shape the ablation; all others
+Arguments that start with `ablation`, `device`, `jobs` or `out_dir` shape the ablation; all others
 go to every training run. Writes outputs/ablations/NAME/ (report.md and the rest). Running
 it again trains only what has not finished.
 """
@@ -21,7 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vit.cli import ConfigError, check_config, compose, fail
 from vit.studies.ablation import collect, run_sweep
 
-OWN = ("ablation", "device", "out_dir")
+OWN = ("ablation", "device", "jobs", "out_dir")
 
 
 def main(argv: list[str]) -> int:
@@ -31,13 +32,14 @@ def main(argv: list[str]) -> int:
         cfg = compose("ablate", overrides=own)
         shared = [*cfg.ablation.train, *(a for a in extra if not a.lstrip("+~").startswith("hydra"))]
         check_config(compose("train", shared))  # what every run shares, checked before any trains
+        check_jobs(cfg.jobs, extra)
     except (HydraException, OmegaConfBaseException, ConfigError) as e:
         fail(str(e).splitlines()[0])
     ablation = cfg.ablation
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    code = run_sweep(ablation, out, extra)
+    code = run_sweep(ablation, out, extra, cfg.jobs)
     import torch
 
     from vit.studies.report import write_report
@@ -48,6 +50,13 @@ def main(argv: list[str]) -> int:
     failed = [r for r in runs if r.status != "finished"]
     print(f"report: {report}" + (f"  ({len(failed)} of {len(runs)} runs did not finish)" if failed else ""))
     return 1 if failed or code else 0
+
+
+def check_jobs(jobs, extra: list[str]) -> None:
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise ConfigError(f"jobs={jobs}: give how many runs train at a time, 1 or more")
+    if jobs > 1 and any(a.lstrip("+~").startswith("hydra/launcher") for a in extra):
+        raise ConfigError("jobs runs the grid on this machine; with a Hydra launcher, leave jobs at 1")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 
 from runs import train
 from vit.cli import compose
+from vit.studies import ablation
 from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,6 +107,53 @@ def test_a_sweep_trains_every_scheme_of_a_seed_before_the_next_seed(tmp_path, mo
     keys = [arg.split("=")[0] for arg in started[0]]
     grid = [key for key in keys if key in ("seed", "model/pos_embed", "model.pool")]
     assert grid == ["seed", "model/pos_embed", "model.pool"]  # Hydra's sweeper varies the last fastest
+
+
+def test_jobs_train_the_grid_in_parallel_into_the_folders_a_sweep_uses(tmp_path):
+    args = ["ablation.schemes=[none,learned_1d]", "jobs=2", *TINY]
+    result = ablate(tmp_path, *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "2 of 2 runs of quick to train, 2 at a time" in result.stdout
+    trained = [line.split(",")[0].split(": ")[1] for line in result.stdout.splitlines() if line.startswith("trained ")]
+    assert sorted(trained) == ["learned_1d_seed0", "none_seed0"]
+    rows = list(csv.DictReader(open(tmp_path / "outputs" / "ablations" / "quick" / "results.csv")))
+    assert [(r["scheme"], r["status"]) for r in rows] == [("none", "finished"), ("learned_1d", "finished")]
+    assert all(float(r["eval_acc1"]) == float(r["final_acc1"]) for r in rows)
+
+
+def test_jobs_run_single_runs_seed_major_into_the_sweep_folders(tmp_path, monkeypatch):
+    given = []
+    monkeypatch.setattr(
+        ablation, "run_in_parallel", lambda commands, folders, jobs: given.append((commands, folders)) or 0
+    )
+    cfg = compose("ablate", ["ablation.schemes=[none,rope_2d]", "ablation.seeds=[0,1]"]).ablation
+    assert run_sweep(cfg, tmp_path, ["trainer.epochs=3"], jobs=2) == 0
+    commands, folders = given[0]
+    assert [f.name for f in folders] == ["none_seed0", "rope_2d_seed0", "none_seed1", "rope_2d_seed1"]
+    for command, folder in zip(commands, folders, strict=True):
+        assert "-m" not in command and "trainer.epochs=3" in command and "resume=auto" in command
+        assert command[-1] == f"hydra.run.dir={tmp_path / 'runs' / folder.name}"
+
+
+def test_parallel_runs_share_the_cores_and_report_each_ending(tmp_path, monkeypatch, capsys):
+    envs = []
+    monkeypatch.setattr(
+        subprocess, "run", lambda command, env, **_: envs.append(env) or subprocess.CompletedProcess(command, 1)
+    )
+    folders = [tmp_path / "a_seed0", tmp_path / "b_seed0"]
+    assert ablation.run_in_parallel([["x"], ["y"]], folders, jobs=2) == 1
+    assert [e["OMP_NUM_THREADS"] for e in envs] == [str(max(1, len(os.sched_getaffinity(0)) // 2))] * 2
+    out = capsys.readouterr().out
+    assert "failed 1/2: a_seed0 (exit 1" in out and "failed 2/2: b_seed0 (exit 1" in out
+
+
+def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):
+    for args, message in (
+        (["jobs=0"], "jobs=0"),
+        (["jobs=2", "hydra/launcher=submitit_slurm"], "leave jobs at 1"),
+    ):
+        result = ablate(tmp_path, *args)
+        assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_eval_script_matches_what_training_logged(tmp_path):
