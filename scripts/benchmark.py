@@ -120,13 +120,14 @@ def main(cfg: DictConfig) -> None:
 
     from vit.errors import TrainingError
     from vit.studies.benchmark import headlines, markdown, results, run
-    from vit.training.precision import choose_precision, precision_name
+    from vit.training.precision import allow_tf32, choose_precision, precision_name
     from vit.training.trainer import choose_device
 
     cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
     b, m = cfg.benchmark, cfg.model
     device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
     amp = exit_on({ConfigError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
+    allow_tf32()  # as the trainer: fp32 matrix products on tensor cores
     both, cuda = [False, True], device.type == "cuda"
     compiled = {"auto": both if cuda else [False], "both": both, True: [True], False: [False]}[b.compile]
     loader, mean_std = data_loader(cfg, device)

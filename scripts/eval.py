@@ -3,6 +3,7 @@ fine-tuning, and with the patches of each image shuffled. Prints JSON.
 
     python scripts/eval.py checkpoint=outputs/runs/<run>/checkpoints/last.pt
     python scripts/eval.py checkpoint=... resolutions=[24,48,64] output=eval.json
+    python scripts/eval.py checkpoint=... precision=fp32       # default: the precision it trained in
 """
 
 import json
@@ -30,6 +31,7 @@ def main(cfg: DictConfig) -> None:
             list(cfg.resolutions) if cfg.resolutions else None,
             device,
             {"root": cfg.data_root} if cfg.data_root else None,
+            cfg.precision,
         )
     except (CheckpointError, DataError, ValueError) as e:
         fail(str(e), code=1)

@@ -26,7 +26,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 @pytest.fixture(autouse=True)
 def scripts_see_no_gpu(request, monkeypatch):
     """The end-to-end tests check CPU behaviour (bit-exact resume, Gloo processes, fp32): the
-    scripts they start see no GPU, even on a machine with one. Tests marked `cuda` are exempt."""
+    scripts they start see no GPU, even on a machine with one, and runs.train pins their
+    in-process runs to the CPU (torch has already looked for a GPU here). Tests marked `cuda`
+    are exempt."""
     if request.node.get_closest_marker("cuda") is None:
         monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 

@@ -3,6 +3,7 @@ scripts as subprocesses, for what is about the command line (exit codes, one-lin
 signals, torchrun)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,13 @@ TINY = ["model.embed_dim=32", "model.depth=1", "model.num_heads=2", "model.drop_
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
-    """`python scripts/train.py hydra.run.dir=RUN_DIR OVERRIDES`, in this process."""
+    """`python scripts/train.py hydra.run.dir=RUN_DIR OVERRIDES`, in this process. A test of
+    CPU behaviour (conftest hides the GPU from its scripts) trains here on the CPU too, unless
+    it names a device."""
     from vit.training.trainer import train as train_run
 
+    if os.environ.get("CUDA_VISIBLE_DEVICES") == "" and not any(o.startswith("trainer.device=") for o in overrides):
+        overrides = ("trainer.device=cpu", *overrides)
     cfg = compose("train", overrides, hydra_node=True)
     choices, task = dict(cfg.hydra.runtime.choices), list(cfg.hydra.overrides.task)
     with open_dict(cfg):

@@ -14,6 +14,7 @@ from runs import train
 from vit.cli import compose
 from vit.studies import ablation
 from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
+from vit.studies.evaluation import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -157,8 +158,9 @@ def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):
 
 
 def test_eval_script_matches_what_training_logged(tmp_path):
-    run = tmp_path / "run"
-    train(run, "experiment=digits", "trainer.epochs=1", "model.embed_dim=32", "model.depth=1", "model.num_heads=2")
+    run = tmp_path / "run"  # bf16, as on a GPU: the evaluation must take the run's precision to agree
+    tiny = ["trainer.epochs=1", "trainer.precision=bf16", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+    train(run, "experiment=digits", *tiny)
     evaluated = subprocess.run(
         [
             sys.executable,
@@ -174,7 +176,9 @@ def test_eval_script_matches_what_training_logged(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout)
     logged = json.loads((run / "summary.json").read_text())
-    assert result["acc1"] == logged["final_val_acc1"]
+    assert result["acc1"] == logged["final_val_acc1"] and result["precision"] == "bf16"
+    fp32 = evaluate_checkpoint(run / "checkpoints" / "last.pt", resolutions=[], precision="fp32")
+    assert fp32["precision"] == "fp32" and abs(fp32["acc1"] - result["acc1"]) < 5
     assert set(result["acc1_at"]) == {"12", "24"} and 0 <= result["shuffled_acc1"] <= 100
     distances = torch.tensor(result["attention_distance_px"])  # 1 block, 2 heads; 4x4 patches of 4 px
     assert distances.shape == (1, 2) and ((distances > 0) & (distances < 12 * 2**0.5)).all()

@@ -6,12 +6,13 @@ from functools import partial
 
 import pytest
 import torch
+from benchmark_report import expected_variants
 
 from conftest import POOLS, SCHEMES, tiny_vit
 from data_files import make_class_folders
 from runs import one_error_line, script
 from vit import registry
-from vit.studies.benchmark import Variant, forward_flops, results, run
+from vit.studies.benchmark import Variant, forward_flops, peak_tflops, results, run
 
 
 def vit_matmul_flops(
@@ -167,7 +168,8 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
     fed, default = "ours learned_1d conv, fed by the data loader", "timm learned_1d conv at its default fp32"
-    assert set(rows) == {"ours learned_1d conv", fed, "timm learned_1d conv", default}
+    assert set(rows) == expected_variants([False], report["setting"]["precision"]) | {fed}  # as test_cuda reads it
+    assert report["setting"]["precision"] == "bf16"
     assert [rows[name]["precision"] for name in ("ours learned_1d conv", fed, default)] == ["bf16", "bf16", "fp32"]
     assert rows[fed]["fed_by_loader"] and rows[fed]["infer_images_per_sec"] is None
     assert rows[fed]["params"] == rows["ours learned_1d conv"]["params"] == rows[default]["params"]
@@ -188,3 +190,19 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
         cwd=tmp_path,
     )
     assert mismatch.returncode == 2 and "set data.batch_size, not benchmark.batch_size" in mismatch.stderr
+
+
+@pytest.mark.parametrize(
+    "card, bf16, fp32",
+    [
+        ("NVIDIA H100 80GB HBM3", 989.4, 494.7),
+        ("NVIDIA H100 PCIe", 756.0, 378.0),
+        ("NVIDIA H100 NVL", 835.0, 417.5),
+        ("NVIDIA H200", 989.4, 494.7),
+        ("NVIDIA H200 NVL", 835.0, 417.5),
+        ("NVIDIA A10G", None, None),
+        ("cpu", None, None),
+    ],
+)
+def test_mfu_divides_by_the_cards_own_peak_for_the_rows_precision(card, bf16, fp32):
+    assert (peak_tflops(card, "bf16"), peak_tflops(card, "fp32")) == (bf16, fp32)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from benchmark_report import expected_variants
 
 from conftest import CUDA
 from data_files import make_cifar10_archive
+from vit.studies.benchmark import peak_tflops
 from vit.studies.evaluation import evaluate_checkpoint
 from vit.training.checkpoint import load_checkpoint
 from vit.training.wait_clock import WaitClock
@@ -109,18 +111,14 @@ def test_benchmark_on_the_gpu(tmp_path):
         cwd=tmp_path,
     )
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
-    assert report["setting"]["precision"] == "bfloat16"
+    assert report["setting"]["precision"] == "bf16"
     rows = {r["variant"]: r for r in report["results"]}
-    assert set(rows) == {
-        "ours learned_1d conv",
-        "timm learned_1d conv",
-        "ours learned_1d conv +compile",
-        "timm learned_1d conv +compile",
-    }
-    peak_known = any(name in torch.cuda.get_device_name() for name in ("H100", "H200"))
+    assert set(rows) == expected_variants([False, True], "bf16")
+    peaks = {p: peak_tflops(torch.cuda.get_device_name(), p) for p in ("bf16", "fp32")}
     for row in rows.values():
         assert row["train_images_per_sec"] > 0 and row["peak_memory_mb"] > 0
-        assert (row["mfu"] is not None) == peak_known
+        assert (row["mfu"] is not None) == (peaks[row["precision"]] is not None)
+        assert row["mfu"] is None or 0 < row["mfu"] < 1
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

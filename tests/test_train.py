@@ -93,6 +93,19 @@ def test_probe_run(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]["head.weight"].shape == (4, 32)
 
 
+def test_a_test_of_cpu_behaviour_trains_on_the_cpu_where_torch_sees_a_gpu(tmp_path, monkeypatch):
+    from vit.training import trainer
+
+    def as_on_a_gpu_machine(name):  # torch found the GPU before conftest hid it from subprocesses
+        with monkeypatch.context() as gpu:
+            gpu.setattr(torch.cuda, "is_available", lambda: True)
+            return choose(name)
+
+    choose = trainer.choose_device
+    monkeypatch.setattr(trainer, "choose_device", as_on_a_gpu_machine)
+    assert train(tmp_path / "run", *PROBE)["device"] == "cpu"
+
+
 def test_training_from_python_without_hydras_run_state(tmp_path):
     # the README's "From Python": a composed config and a folder, nothing else
     from vit.cli import compose

@@ -27,7 +27,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from vit.training import precision
 from vit.training.data.augment import normalize
 
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16 tensor-core peak
+# Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets: bf16 (and fp16), and TF32,
+# which fp32 matrix products run as (the trainer and the benchmark allow TF32). The first
+# name that torch.cuda.get_device_name contains wins: the PCIe and NVL cards before the SXM.
+PEAK_TFLOPS = {
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0},
+    "H100 NVL": {"bf16": 835.0, "fp16": 835.0, "fp32": 417.5},
+    "H200 NVL": {"bf16": 835.0, "fp16": 835.0, "fp32": 417.5},
+    "H100": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+    "H200": {"bf16": 989.4, "fp16": 989.4, "fp32": 494.7},
+}
+
+
+def peak_tflops(device_name: str, precision_name: str) -> float | None:
+    """The card's dense peak for that precision; None for a card (or a CPU) not in the table."""
+    peaks = next((peaks for card, peaks in PEAK_TFLOPS.items() if card in device_name), {})
+    return peaks.get(precision_name)
 
 
 @dataclass
@@ -225,10 +240,7 @@ def run(
 
 
 def results(variants: list[Variant], device: torch.device) -> list[dict]:
-    peak = next(
-        (t for name, t in PEAK_TFLOPS.items() if device.type == "cuda" and name in torch.cuda.get_device_name(device)),
-        None,
-    )
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     # each variant's cost is against the first ours learned_1d + conv compiled (or not) as it is
     reference = {
         v.compiled: statistics.median(v.train_ips)
@@ -239,6 +251,7 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
     for v in variants:
         train = statistics.median(v.train_ips)
         infer = statistics.median(v.infer_ips) if v.infer_ips else None
+        peak = peak_tflops(card, precision.precision_name(v.amp))
         rows.append(
             {
                 "variant": v.name,

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import hydra
@@ -41,19 +43,23 @@ def default_resolutions(img_size: int, patch: int) -> list[int]:
 
 
 @torch.no_grad()
-def accuracy(model, batches, mean, std, size: int | None = None, shuffle_patch: int | None = None) -> float:
-    """Top-1 accuracy (percent) over the validation batches, optionally resized or shuffled."""
+def accuracy(
+    model, batches, mean, std, size: int | None = None, shuffle_patch: int | None = None, autocast=nullcontext
+) -> float:
+    """Top-1 accuracy (percent) over the validation batches, optionally resized or shuffled,
+    under `autocast` (the precision the run trained and evaluated in)."""
     generator = torch.Generator().manual_seed(0)
-    correct = total = 0
+    correct, total = torch.zeros((), dtype=torch.long, device=mean.device), 0
     for images, labels in batches:
         x = normalize(images, mean, std)
         if size is not None and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         if shuffle_patch is not None:
             x = shuffle_patches(x, shuffle_patch, generator)
-        correct += (model(x).argmax(-1) == labels).sum().item()
+        with autocast():
+            correct += (model(x).argmax(-1) == labels).sum()  # on the device: no sync per batch
         total += len(labels)
-    return 100 * correct / total
+    return 100 * correct.item() / total
 
 
 @torch.no_grad()
@@ -82,10 +88,20 @@ def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, DictConfig
 
 
 def evaluate_checkpoint(
-    path: str | Path, resolutions: list[int] | None = None, device: str = "cpu", data_overrides: dict | None = None
+    path: str | Path,
+    resolutions: list[int] | None = None,
+    device: str = "cpu",
+    data_overrides: dict | None = None,
+    precision: str = "trained",
 ) -> dict:
-    """Rebuild the model and data of a checkpoint from its own config and measure it."""
+    """Rebuild the model and data of a checkpoint from its own config and measure it, in the
+    run's own precision on this device (`trained`: so acc1 is what training logged on the same
+    kind of device) or in the one given (bf16, fp16, fp32)."""
+    from vit.training import precision as amp
+
     model, cfg, epoch = model_from_checkpoint(path)
+    dtype = amp.choose_precision(cfg.trainer.precision if precision == "trained" else precision, torch.device(device))
+    autocast = partial(amp.autocast, torch.device(device), dtype)
     for key, value in (data_overrides or {}).items():
         OmegaConf.update(cfg, f"data.{key}", value)
     model.to(device).eval()
@@ -95,13 +111,15 @@ def evaluate_checkpoint(
     size, patch = data.img_size, model.patch_size
     if resolutions is None:
         resolutions = default_resolutions(size, patch)
+    measure = partial(accuracy, model, val, mean, std, autocast=autocast)
     return {
         "checkpoint": str(path),
         "epoch": epoch,
         "img_size": size,
-        "acc1": accuracy(model, val, mean, std),
-        "acc1_at": {str(r): accuracy(model, val, mean, std, size=r) for r in resolutions},
-        "shuffled_acc1": accuracy(model, val, mean, std, shuffle_patch=patch),
+        "precision": amp.precision_name(dtype),
+        "acc1": measure(),
+        "acc1_at": {str(r): measure(size=r) for r in resolutions},
+        "shuffled_acc1": measure(shuffle_patch=patch),
         "attention_distance_px": attention_distance(model, val, mean, std).tolist(),
         "params": sum(p.numel() for p in model.parameters()),
         "pos_embed_params": sum(p.numel() for p in model.pos_embed.parameters()),

@@ -51,6 +51,12 @@ def choose_precision(name: str, device: torch.device, flags: set[str] | None = N
     return DTYPES[name]
 
 
+def allow_tf32() -> None:
+    """fp32 matrix products and convolutions on CUDA tensor cores in TF32 (10-bit mantissa),
+    as timm's train.py does: what `trainer.precision=fp32` means on a GPU. No effect on a CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return {dtype_: name for name, dtype_ in DTYPES.items()}[dtype]
 

@@ -157,7 +157,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
     started, procs = time.time(), distributed.current()
     device = choose_device(cfg.trainer.device)
     amp_dtype = precision.choose_precision(cfg.trainer.precision, device)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    precision.allow_tf32()
 
     data = instantiate_group(cfg, "data")
     train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
