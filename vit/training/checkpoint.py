@@ -104,8 +104,10 @@ def _moved_targets(node):
     return node
 
 
-def rng_state() -> dict:
-    """This process's random streams, as tensors and numbers (readable with weights_only)."""
+def rng_state(device: torch.device) -> dict:
+    """This process's random streams, as tensors and numbers (readable with weights_only):
+    on CUDA, the stream of the process's own GPU only, so a resume with fewer GPUs visible
+    finds what it needs."""
     _, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
@@ -116,14 +118,23 @@ def rng_state() -> dict:
             "gauss": float(gauss),
         },
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
+    """Restore what `rng_state` saved. A checkpoint made on the CPU leaves a GPU's stream as
+    the seed set it; one from before this format holds a list, one state per visible GPU."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= len(cuda):
+            return
+        cuda = cuda[index]
+    torch.cuda.set_rng_state(cuda, device)

@@ -20,6 +20,20 @@ def build_optimizer(
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """The saved moments, steps and hyper-parameters, with this device's kernel kept: torch
+    takes `fused` and `foreach` from the saved groups too, so a checkpoint from another
+    device (or from before fused AdamW on the CPU) would silently change the kernel."""
+    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
+        group.update(kernel)
+        for p in group["params"] if group["fused"] else []:  # fused kernels take the step on the device
+            step = optimizer.state.get(p, {}).get("step")
+            if step is not None:
+                optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+
+
 def warmup_epochs(setting: float | str, epochs: int) -> float:
     """optim.warmup_epochs: a number of epochs, or auto: a tenth of the run, at most 5 epochs.
     Long runs keep the usual 5 (DeiT's and timm's 5 of 300); a short run is not spent warming

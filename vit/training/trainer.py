@@ -38,7 +38,7 @@ from vit.errors import ConfigError, TrainingError
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
-from vit.training.optim import build_optimizer, warmup_cosine, warmup_epochs
+from vit.training.optim import build_optimizer, load_optimizer_state, warmup_cosine, warmup_epochs
 from vit.training.progress import Progress
 from vit.training.resume import Start, where_run_stands
 from vit.training.run_log import RunLog
@@ -222,10 +222,10 @@ def restore(run: Run, start: Start) -> Progress:
     progress, state = Progress(), start.checkpoint
     if state is not None:
         run.model.load_state_dict(state["model"])
-        run.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(run.optimizer, state["optimizer"])
         run.scheduler.load_state_dict(state["scheduler"])
-        run.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"][run.procs.rank])
+        restore_loss_scale(run, state)
+        set_rng_state(state["rng"][run.procs.rank], run.device)
         progress = Progress.from_checkpoint(state)
         where = f"epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.step}"
         log.info(f"resumed from {start.source}: {where}")
@@ -252,6 +252,17 @@ def restore(run: Run, start: Start) -> Progress:
         f"precision {precision.precision_name(run.amp_dtype)}, run dir {run.run_dir}"
     )
     return progress
+
+
+def restore_loss_scale(run: Run, state: dict) -> None:
+    """fp16's loss scale, when the checkpoint has one and this session runs fp16. A session in
+    another precision than the checkpoint's says so (fp16 then starts its scale afresh)."""
+    saved, now = state.get("precision"), precision.precision_name(run.amp_dtype)
+    if saved is not None and saved != now:
+        afresh = ": the loss scale starts afresh" if now == "fp16" else ""
+        log.warning(f"the checkpoint trained in {saved}, this session runs {now}{afresh}")
+    if state["scaler"] and run.scaler.is_enabled():
+        run.scaler.load_state_dict(state["scaler"])
 
 
 # --- one epoch ----------------------------------------------------------------------------
@@ -363,9 +374,9 @@ def checkpoint_state(run: Run, progress: Progress) -> dict:
     """Everything a resume needs, every process's random streams included (all take part)."""
     rngs = [None] * run.procs.world
     if run.procs.world > 1:
-        torch.distributed.all_gather_object(rngs, rng_state())
+        torch.distributed.all_gather_object(rngs, rng_state(run.device))
     else:
-        rngs = [rng_state()]
+        rngs = [rng_state(run.device)]
     return {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
@@ -375,6 +386,7 @@ def checkpoint_state(run: Run, progress: Progress) -> dict:
         **progress.to_checkpoint(session_s=time.time() - run.started),
         "rng": rngs,
         "world_size": run.procs.world,
+        "precision": precision.precision_name(run.amp_dtype),
         "config": OmegaConf.to_container(run.cfg, resolve=True),
     }
 
@@ -490,6 +502,7 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         "pos_embed": choices.get("model/pos_embed") or cfg.model.pos_embed._target_.split(".")[-2],
         "overrides": overrides,
         "device": str(run.device),
+        "precision": precision.precision_name(run.amp_dtype),
         "world_size": run.procs.world,
     }
     if run.ema is not None:
