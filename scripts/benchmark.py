@@ -120,8 +120,8 @@ def main(cfg: DictConfig) -> None:
 
     from vit.errors import TrainingError
     from vit.studies.benchmark import headlines, markdown, results, run
+    from vit.training.device import choose_device
     from vit.training.precision import allow_tf32, choose_precision, precision_name
-    from vit.training.trainer import choose_device
 
     cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
     b, m = cfg.benchmark, cfg.model

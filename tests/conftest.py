@@ -19,6 +19,15 @@ SCHEMES = {name: registry.component("model/pos_embed", name) for name in registr
 POOLS = ("cls", "gap", "seq")
 
 
+def pytest_configure(config):
+    """A GPU that torch cannot use would skip every CUDA test and leave the suite green."""
+    from vit.training.device import unusable_gpu
+
+    reason = None if torch.cuda.is_available() else unusable_gpu()
+    if reason:
+        pytest.exit(f"error: {reason} (CUDA_VISIBLE_DEVICES= make test runs the CPU tests alone)", returncode=1)
+
+
 CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 

@@ -38,6 +38,8 @@ from vit.errors import ConfigError, TrainingError
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
+from vit.training.device import choose_device
+from vit.training.ema import WeightEma
 from vit.training.optim import build_optimizer, load_optimizer_state, warmup_cosine, warmup_epochs
 from vit.training.progress import Progress
 from vit.training.resume import Start, where_run_stands
@@ -230,9 +232,7 @@ def restore(run: Run, start: Start) -> Progress:
         where = f"epoch {progress.epoch + 1}, batch {progress.batch_in_epoch}, step {progress.step}"
         log.info(f"resumed from {start.source}: {where}")
     if run.cfg.trainer.ema:
-        from timm.utils import ModelEmaV3
-
-        run.ema = ModelEmaV3(run.model, decay=run.cfg.trainer.ema_decay)
+        run.ema = WeightEma(run.model, decay=run.cfg.trainer.ema_decay)
         if state is not None and state.get("ema") is not None:
             run.ema.load_state_dict(state["ema"])
     run.net = run.model
@@ -514,17 +514,3 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         f"{summary['wall_time_s']:.0f}s; {run.run_dir}"
     )
     return summary
-
-
-# --- the device ------------------------------------------------------------------------------
-
-
-def choose_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("trainer.device=cuda but no CUDA device is available")
-    device = torch.device(name)
-    if device.type == "cuda" and distributed.current().world > 1:
-        device = torch.device("cuda", distributed.current().local_rank)
-    return device
