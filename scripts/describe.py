@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from vit.cli import ConfigError, build_model, check_config, exit_on, without_data
+from vit.errors import TrainingError
 
 
 @hydra.main(config_path="../configs", config_name="describe", version_base="1.3")
@@ -18,7 +19,10 @@ def main(cfg: DictConfig) -> None:
     exit_on({ConfigError: 2}, lambda: check_config(cfg))  # before torch: a bad value is answered at once
     import torch
 
+    from vit.studies.attention_kernel import attention_kernels
     from vit.studies.benchmark import forward_flops
+    from vit.training import precision
+    from vit.training.device import choose_device
 
     cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
     model = exit_on({ConfigError: 2}, lambda: build_model(cfg))
@@ -43,6 +47,11 @@ def main(cfg: DictConfig) -> None:
         if count:
             print(f"  {name:<12}{count:>12,}")
     print(f"forward     {flops / 1e9:.3f} GFLOPs per image (2 per multiply-add)")
+    device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
+    dtype = exit_on({ConfigError: 2}, lambda: precision.choose_precision(cfg.trainer.precision, device))
+    x = torch.zeros(2, cfg.model.in_chans, h, w, device=device)
+    kernel = attention_kernels(model.to(device), x, lambda: precision.autocast(device, dtype))
+    print(f"attention   {kernel} kernel on {device} in {precision.precision_name(dtype)} (training)")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,8 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
     fed, default = "ours learned_1d conv, fed by the data loader", "timm learned_1d conv at its default fp32"
     assert set(rows) == expected_variants([False], report["setting"]["precision"]) | {fed}  # as test_cuda reads it
     assert report["setting"]["precision"] == "bf16"
+    kernels = {r["attention_kernel"] for r in report["results"] if r["precision"] == "bf16"}
+    assert kernels == {"math"}  # bf16 on a CPU: the math kernel
     assert [rows[name]["precision"] for name in ("ours learned_1d conv", fed, default)] == ["bf16", "bf16", "fp32"]
     assert rows[fed]["fed_by_loader"] and rows[fed]["infer_images_per_sec"] is None
     assert rows[fed]["params"] == rows["ours learned_1d conv"]["params"] == rows[default]["params"]

@@ -182,6 +182,10 @@ def test_describe_reports_the_model_it_builds(tmp_path):
     # 9 blocks x 12 heads x (2*8-1)^2 offsets, no class entries with average pooling
     assert "pos_embed=relative_bias, pool=gap" in run.stdout
     assert re.search(rf"pos_embed +{9 * 12 * 15 * 15:,}\n", run.stdout)
+    # a float mask with a gradient: never flash (CPU here, or GPU)
+    assert re.search(
+        r"attention +(math|memory-efficient|cuDNN) kernel on (cpu|cuda:\d) in (bf16|fp32) \(training\)", run.stdout
+    )
     assert list(tmp_path.iterdir()) == []  # describing writes nothing
 
 

@@ -21,5 +21,7 @@ class Attention(nn.Module):
         bias = None
         if pos_hook is not None:  # relative bias / rotary act here
             q, k, bias = pos_hook(q, k)
+        if bias is not None and bias.dim() == 3:  # (1, heads, N, N): the 4-D shape every kernel takes
+            bias = bias[None]
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         return self.proj_drop(self.proj(rearrange(x, "b h n d -> b n (h d)")))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
+from vit.studies.attention_kernel import attention_kernels
 from vit.training import precision
 from vit.training.data.augment import normalize
 
@@ -60,6 +61,7 @@ class Variant:
     peak_mb: float = 0.0
     train_gflops: float = 0.0
     params: int = 0
+    attention_kernel: str = ""  # torch's kernel for this model's attention, here, in its precision
 
 
 def timm_equivalent(cfg) -> torch.nn.Module:
@@ -225,6 +227,7 @@ def run(
     mean, std = (torch.tensor(t, device=device) for t in mean_std) if mean_std else (None, None)
     for v, b in zip(variants, benches, strict=True):
         v.train_gflops = 3 * forward_flops(b.model, b.x) / batch / 1e9
+        v.attention_kernel = attention_kernels(b.model, b.x[:2], b.autocast)
         for _ in range(warmup):  # compile, allocator and kernel selection happen here
             b.train_step()
             b.infer_step()
@@ -267,6 +270,7 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
                 "train_step_cost_vs_ours_learned_1d": reference[v.compiled] / train,
                 "peak_memory_mb": v.peak_mb,
                 "train_gflops_per_image": v.train_gflops,
+                "attention_kernel": v.attention_kernel,
                 "mfu": train * v.train_gflops * 1e9 / (peak * 1e12) if peak else None,
             }
         )
@@ -282,6 +286,7 @@ def markdown(rows: list[dict]) -> str:
         "peak MB",
         "train GFLOPs/img",
         "MFU",
+        "attention kernel",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
@@ -290,7 +295,7 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
             f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {infer} | "
-            f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} |"
+            f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} | {r['attention_kernel']} |"
         )
     return "\n".join(lines)
 
