@@ -2,11 +2,14 @@
 
 import gzip
 import itertools
+import math
 import os
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 from omegaconf import OmegaConf
+from torch.overrides import TorchFunctionMode
 
 from conftest import DEVICES
 from data_files import make_cifar10_archive, make_class_folders, make_fashion_mnist
@@ -140,6 +143,63 @@ def test_trivial_augment_magnitudes_are_the_wide_space():
             expected = expected.round()
         assert signed == wide_signed, name
         torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9, msg=name)
+
+
+# the operations that torchvision runs from a matrix or kernel it makes on the image's device
+# per call; ours make them once and must give torchvision's pixels
+TORCHVISION = {
+    "shear_x": lambda x, m: TF.affine(x, 0.0, [0, 0], 1.0, [math.degrees(math.atan(m)), 0.0], center=[0, 0]),
+    "shear_y": lambda x, m: TF.affine(x, 0.0, [0, 0], 1.0, [0.0, math.degrees(math.atan(m))], center=[0, 0]),
+    "translate_x": lambda x, m: TF.affine(x, 0.0, [int(m), 0], 1.0, [0.0, 0.0]),
+    "translate_y": lambda x, m: TF.affine(x, 0.0, [0, int(m)], 1.0, [0.0, 0.0]),
+    "rotate": lambda x, m: TF.rotate(x, m),
+    "sharpness": lambda x, m: TF.adjust_sharpness(x, 1 + m),
+}
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 32, 32), (4, 1, 28, 28), (4, 3, 20, 24)])
+def test_trivial_augment_geometry_and_sharpness_are_torchvisions_to_the_pixel(shape):
+    images = torch.randint(0, 256, shape, dtype=torch.uint8)
+    for name, reference in TORCHVISION.items():
+        magnitude, signed, operation = OPERATIONS[name]
+        for m in {s * magnitude(b) for b in range(BINS) for s in (1, -1)}:  # every bin, both signs
+            assert torch.equal(operation(images, m), reference(images, m)), (name, m)
+
+
+class HostData(TorchFunctionMode):
+    """Records what would make the host wait for a GPU: a tensor built from host data for
+    the device, a host tensor copied to it, a value read back."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.cpu}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        device = kwargs.get("device") or next((a for a in args[1:] if isinstance(a, (str, torch.device))), None)
+        if func in (torch.tensor, torch.as_tensor) and device is not None and torch.device(device).type != "cpu":
+            self.seen.append(func.__name__)
+        if func is torch.Tensor.to and args[0].device.type == "cpu" and device is not None:
+            self.seen.append("to")
+        if func in self.READS:
+            self.seen.append(func.__name__)
+        return func(*args, **kwargs)
+
+
+def test_trivial_augment_sends_no_host_data_per_batch():
+    # the meta device stands in for a GPU: the same calls, no data
+    images = torch.zeros(64, 3, 32, 32, dtype=torch.uint8, device="meta")
+    choice = torch.arange(64, device="meta") % len(OPERATIONS)
+    negate = torch.zeros(64, dtype=torch.bool, device="meta")
+    host = torch.Generator().manual_seed(0)
+    trivial_augment(images, choice, negate, draw(torch.Generator(), host, 64, 0, 64)[2])  # first batch: set-up
+    for _ in range(3):
+        magnitudes = draw(torch.Generator(), host, 64, 0, 64)[2]
+        with HostData() as spy:
+            trivial_augment(images, choice, negate, magnitudes)
+        assert spy.seen == []
 
 
 def test_class_folder_batches_do_not_depend_on_workers_and_restart_exactly(tmp_path):
