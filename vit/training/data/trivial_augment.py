@@ -2,7 +2,8 @@
 
 Each image gets one operation drawn uniformly from the 14 below, with a magnitude bin drawn
 uniformly from 31, negated with probability 1/2 for the signed operations; the operations
-are torchvision's own (`transforms.v2.functional`), as in `v2.TrivialAugmentWide`.
+are torchvision's (`transforms.v2.functional`, as in `v2.TrivialAugmentWide`); the
+geometric ones and sharpness give its pixels from matrices and a kernel made once per device.
 
 To stay free of per-sample Python and of host-device synchronisation, each operation is run
 once on the whole batch at one magnitude per batch and sign, and every image keeps the
