@@ -106,6 +106,26 @@ def test_a_test_of_cpu_behaviour_trains_on_the_cpu_where_torch_sees_a_gpu(tmp_pa
     assert train(tmp_path / "run", *PROBE)["device"] == "cpu"
 
 
+def test_the_first_step_is_timed_apart_from_the_throughput(tmp_path, monkeypatch):
+    from vit.training import trainer
+
+    calls, step = [], trainer.train_step
+
+    def slow_first(*args):  # as compiling makes it
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return step(*args)
+
+    monkeypatch.setattr(trainer, "train_step", slow_first)
+    summary = train(tmp_path / "run", *PROBE, "trainer.epochs=2")
+    first, second = metrics(tmp_path / "run")
+    assert first["first_step_s"] >= 2.0 and second["first_step_s"] == 0.0
+    assert summary["first_step_s"] == first["first_step_s"]
+    images = 256  # 2 steps of 128: had the 2 s counted, epoch 1 would read under 128 img/s
+    assert first["images_per_sec"] > 4 * images / first["first_step_s"]
+
+
 def test_training_from_python_without_hydras_run_state(tmp_path):
     # the README's "From Python": a composed config and a folder, nothing else
     from vit.cli import compose

@@ -127,6 +127,7 @@ class Run:
     started: float  # time.time() when this session began
     net: nn.Module | None = None
     ema: Any = None
+    first_step_s: float | None = None  # this session's first step: compilation, when compiled
 
     @property
     def checkpoints(self) -> Path:
@@ -148,6 +149,7 @@ class EpochTraining:
     session_s: float  # this session's training time in the epoch
     wait_s: float  # of which, waiting for batches
     started: float  # time.time() when this session began the epoch
+    first_step_s: float = 0.0  # of which, the session's first step, if it was in this epoch
 
 
 # --- build and restore ------------------------------------------------------------------------
@@ -277,8 +279,14 @@ def train_epoch(run: Run, progress: Progress, runlog: RunLog) -> EpochTraining |
     unsynced: list[torch.Tensor] = []  # the losses since the last sync: read once every few steps
     bar = progress_bar(run, progress)
     clock = WaitClock(prepared_batches(run, progress.epoch, progress.batch_in_epoch), run.device)
+    first_step_s = 0.0
     for x, targets in clock:
+        step_started = time.time()
         unsynced.append(train_step(run, x, targets, progress.step))
+        if run.first_step_s is None:  # compilation and one-time set-up: timed apart from the rest
+            if run.device.type == "cuda":
+                torch.cuda.synchronize()
+            run.first_step_s = first_step_s = time.time() - step_started
         progress.step += 1
         progress.batch_in_epoch += 1
         bar.update()
@@ -301,7 +309,7 @@ def train_epoch(run: Run, progress: Progress, runlog: RunLog) -> EpochTraining |
     bar.close()
     if run.device.type == "cuda":
         torch.cuda.synchronize()
-    return EpochTraining(loss_sum, time.time() - started, clock.seconds, started)
+    return EpochTraining(loss_sum, time.time() - started, clock.seconds, started, first_step_s)
 
 
 def prepared_batches(run: Run, epoch: int, first_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -419,7 +427,8 @@ def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog
         "val_acc1": val["acc1"],
         "val_acc5": val["acc5"],
         "lr": run.scheduler.get_last_lr()[0],
-        "images_per_sec": steps * batch / train_s,
+        "images_per_sec": steady_images_per_sec(steps, batch, train_s, epoch.first_step_s),
+        "first_step_s": epoch.first_step_s,
         "data_wait_frac": epoch.wait_s / epoch.session_s,
     }
     if run.ema is not None:
@@ -475,11 +484,19 @@ def log_epoch(run: Run, record: dict, runlog: RunLog) -> None:
     log.info(
         f"epoch {epoch}/{tc.epochs}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
         f"acc1 {record['val_acc1']:.2f}  acc5 {record['val_acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
-        f"{record['epoch_s']:.1f}s"
+        f"{record['epoch_s']:.1f}s" + (f" (first step {record['first_step_s']:.1f}s)" if record["first_step_s"] else "")
     )
 
 
 # --- the summary ------------------------------------------------------------------------------
+
+
+def steady_images_per_sec(steps: int, batch: int, train_s: float, first_step_s: float) -> float:
+    """The epoch's training images/s without the session's first step (compilation), when
+    the epoch had it and more steps than that one."""
+    if first_step_s and steps > 1:
+        steps, train_s = steps - 1, train_s - first_step_s
+    return steps * batch / train_s
 
 
 def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choices: dict, overrides: list) -> dict:
@@ -494,7 +511,8 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         "final_val_acc1": history[-1]["val_acc1"],
         "final_val_acc5": history[-1]["val_acc5"],
         "params": sum(p.numel() for p in run.model.parameters()),
-        "train_images_per_sec": len(history) * per_epoch / train_seconds,
+        "train_images_per_sec": len(history) * per_epoch / train_seconds,  # steady: first steps apart
+        "first_step_s": sum(r.get("first_step_s", 0.0) for r in history),  # every session's, compiling included
         "wall_time_s": progress.elapsed_s + time.time() - run.started,
         "epochs": cfg.trainer.epochs,
         "data": run.data.name,
