@@ -387,5 +387,9 @@ def test_loading_processes_default_to_the_usable_cores(monkeypatch):
     assert workers("auto") == 2 and workers(0) == 0 and workers(5) == 5
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)), raising=False)
     assert workers("auto") == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")  # torchrun, 16 processes on this machine: 4 cores each
+    assert workers("auto") == 4 and workers(5) == 5
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "128")
+    assert workers("auto") == 1
     with pytest.raises(ConfigError, match="num_workers must be auto or a whole number"):
         workers(-1)

@@ -163,14 +163,15 @@ def load_image(path: str, mode: str) -> Image.Image:
 
 
 def workers(num_workers: int | str) -> int:
-    """auto: one loading process per core this process may use, at most 8; the training step's
-    threads share those cores, and more processes than cores only fight over them."""
+    """auto: one loading process per core this process may use, shared out among the training
+    processes on this machine (torchrun's LOCAL_WORLD_SIZE), at most 8 each; the training
+    step's threads share those cores, and more processes than cores only fight over them."""
     if num_workers != "auto":
         if not isinstance(num_workers, int) or num_workers < 0:
             raise ConfigError(f"data: num_workers must be auto or a whole number >= 0, got {num_workers!r}")
         return num_workers
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(8, cores)
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
 
 
 class ClassFolders(datasets.ImageFolder):
