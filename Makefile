@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train describe test lint format lock
+.PHONY: install train describe test gpu-check lint format lock
 
 install: $(BIN)/.installed
 
@@ -23,6 +23,11 @@ describe: install
 
 test: install
 	$(BIN)/python -m pytest -q -n auto
+
+# the first run on a GPU machine: versions, CUDA tests, every scheme, syncs, benchmark,
+# the Fashion-MNIST recipe, class folders; writes outputs/gpu_check/report.md (not yet run on a GPU)
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py $(ARGS)
 
 # ruff: lint and format check, as CI runs it; `make format` rewrites the files
 lint: install
