@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import DEVICES
 from runs import train
 from vit.cli import compose
 from vit.studies import ablation
@@ -157,16 +158,18 @@ def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):
         assert result.returncode != 0 and message in result.stderr and "Traceback" not in result.stderr
 
 
-def test_eval_script_matches_what_training_logged(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_eval_script_matches_what_training_logged(tmp_path, device):
     run = tmp_path / "run"  # bf16, as on a GPU: the evaluation must take the run's precision to agree
     tiny = ["trainer.epochs=1", "trainer.precision=bf16", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
-    train(run, "experiment=digits", *tiny)
+    train(run, "experiment=digits", f"trainer.device={device}", *tiny)
     evaluated = subprocess.run(
         [
             sys.executable,
             str(ROOT / "scripts" / "eval.py"),
             f"checkpoint={run / 'checkpoints' / 'last.pt'}",
             "resolutions=[12,24]",
+            f"device={device}",
         ],
         cwd=tmp_path,
         capture_output=True,

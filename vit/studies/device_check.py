@@ -23,7 +23,7 @@ CPU_BEHAVIOUR_TESTS = [
     "tests/test_train.py::test_interrupted_and_killed_runs_resume_to_bit_identical_weights",
     "tests/test_train.py::test_two_gloo_processes_through_torchrun_match_one_process",
     "tests/test_train.py::test_a_test_of_cpu_behaviour_trains_on_the_cpu_where_torch_sees_a_gpu",
-    "tests/test_ablation.py::test_eval_script_matches_what_training_logged",
+    "tests/test_ablation.py::test_eval_script_matches_what_training_logged[cpu]",
 ]
 
 
