@@ -21,6 +21,7 @@ def main(cfg: DictConfig) -> None:
 
     from vit.studies.attention_kernel import attention_kernels
     from vit.studies.benchmark import forward_flops
+    from vit.studies.op_count import step_ops
     from vit.training import precision
     from vit.training.device import choose_device
 
@@ -52,6 +53,8 @@ def main(cfg: DictConfig) -> None:
     x = torch.zeros(2, cfg.model.in_chans, h, w, device=device)
     kernel = attention_kernels(model.to(device), x, lambda: precision.autocast(device, dtype))
     print(f"attention   {kernel} kernel on {device} in {precision.precision_name(dtype)} (training)")
+    ops, views = step_ops(model, x, cfg.model.num_classes, lambda: precision.autocast(device, dtype))
+    print(f"step        {ops:,} operators dispatched per eager training step here, {ops - views:,} of them not views")
 
 
 if __name__ == "__main__":

@@ -186,6 +186,9 @@ def test_describe_reports_the_model_it_builds(tmp_path):
     assert re.search(
         r"attention +(math|memory-efficient|cuDNN) kernel on (cpu|cuda:\d) in (bf16|fp32) \(training\)", run.stdout
     )
+    assert re.search(
+        r"step +[\d,]+ operators dispatched per eager training step here, [\d,]+ of them not views", run.stdout
+    )
     assert list(tmp_path.iterdir()) == []  # describing writes nothing
 
 
