@@ -128,6 +128,7 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
     from vit.cli import build_model, compose
     from vit.studies.attention_kernel import attention_kernels
     from vit.studies.benchmark import sync
+    from vit.studies.op_count import step_ops
     from vit.training import precision
     from vit.training.device import choose_device
 
@@ -140,6 +141,7 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
     batch = 8 if small else 256
     x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
     kernel = attention_kernels(model, x[:2], autocast)
+    ops, views = step_ops(model, x[:2], 10, autocast)
     torch._dynamo.reset()  # each scheme's graphs from scratch, within dynamo's recompile limit
     net = torch.compile(model) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
@@ -161,7 +163,14 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
     sync(device)
     step_ms = 1000 * (time.time() - started) / steps
     name = precision.precision_name(dtype)
-    return {"kernel": kernel, "precision": name, "compiled": compiled, "warmup_s": first_s, "step_ms": step_ms}
+    return {
+        "kernel": kernel,
+        "eager_ops": ops - views,  # operators per eager step, views aside: about a kernel launch each
+        "precision": name,
+        "compiled": compiled,
+        "warmup_s": first_s,
+        "step_ms": step_ms,
+    }
 
 
 # --- host synchronisation ------------------------------------------------------------------------
