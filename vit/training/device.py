@@ -52,10 +52,12 @@ def unusable_gpu() -> str | None:
     if listed.returncode != 0 or not driver:
         return None
     major, minor = driver.groups()
+    import torchvision
+
+    pins = f"torch=={torch.__version__.split('+')[0]} torchvision=={torchvision.__version__.split('+')[0]}"
     built = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
     return (
         f"nvidia-smi lists a GPU with a driver for CUDA {major}.{minor}, but torch {torch.__version__} is {built} "
-        f"and cannot use it: update the driver, or install a wheel for CUDA {major}.{minor} or older (pip install "
-        f"torch=={torch.__version__.split('+')[0]} --index-url https://download.pytorch.org/whl/cu{major}{minor}), "
-        f"or pass trainer.device=cpu"
+        f"and cannot use it: update the driver, or install a build for CUDA {major}.{minor} or older (pip install "
+        f"{pins} --index-url https://download.pytorch.org/whl/cu{major}{minor}), or pass trainer.device=cpu"
     )
