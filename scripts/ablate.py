@@ -3,11 +3,12 @@
     python scripts/ablate.py                                    # ablation=quick: offline, a few minutes
     python scripts/ablate.py ablation=fmnist                    # real images, every scheme x 3 seeds, 2 cores
     python scripts/ablate.py ablation=fmnist_full jobs=2        # two runs at a time, one CPU thread each
+    python scripts/ablate.py ablation=fmnist_full train=false   # report what has finished so far
     python scripts/ablate.py ablation=cifar10                   # every scheme x 3 seeds, for a GPU
     python scripts/ablate.py ablation=cifar10 trainer.epochs=50 # any training override, for every run
     python scripts/ablate.py ablation=cifar10 hydra/launcher=submitit_slurm   # on a cluster
 
-Arguments that start with `ablation`, `device`, `jobs` or `out_dir` shape the ablation; all others
+Arguments that start with `ablation`, `device`, `jobs`, `out_dir` or `train` shape the ablation; all others
 go to every training run. Writes outputs/ablations/NAME/ (report.md and the rest). Running
 it again trains only what has not finished.
 """
@@ -22,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from vit.cli import ConfigError, check_config, compose, fail
 from vit.studies.ablation import collect, run_sweep
 
-OWN = ("ablation", "device", "jobs", "out_dir")
+OWN = ("ablation", "device", "jobs", "out_dir", "train")
 
 
 def main(argv: list[str]) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str]) -> int:
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    code = run_sweep(ablation, out, extra, cfg.jobs)
+    code = run_sweep(ablation, out, extra, cfg.jobs) if cfg.train else 0
     import torch
 
     from vit.studies.report import write_report
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
     report = write_report(ablation.name, runs, out, shlex.join(["python", "scripts/ablate.py", *argv]))
     failed = [r for r in runs if r.status != "finished"]
     print(f"report: {report}" + (f"  ({len(failed)} of {len(runs)} runs did not finish)" if failed else ""))
-    return 1 if failed or code else 0
+    return 1 if cfg.train and (failed or code) else 0  # train=false: a look, not a verdict
 
 
 def check_jobs(jobs, extra: list[str]) -> None:

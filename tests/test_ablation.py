@@ -86,6 +86,11 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     assert second.returncode == 1 and "1 of 3 runs of quick to train" in second.stdout
     assert "evaluating" not in second.stdout  # eval.json of the finished runs is kept
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")} == checkpoints
+    report = (out / "report.md").stat().st_mtime_ns
+    look = ablate(tmp_path, *args, "train=false")  # a look at an ablation: trains nothing, reports
+    assert look.returncode == 0 and "to train" not in look.stdout and "report: " in look.stdout
+    assert (out / "report.md").stat().st_mtime_ns > report
+    assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")} == checkpoints
 
 
 def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, monkeypatch):

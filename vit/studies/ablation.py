@@ -198,7 +198,7 @@ def load_run(point: dict[str, str], out: Path) -> Run:
         run.status = "failed"
         run.error = error.read_text().strip().splitlines()[-1]
     elif run.folder.exists():
-        run.status, run.error = "failed", "stopped before it finished (no summary.json, no error.txt)"
+        run.status, run.error = "failed", "not finished (no summary.json, no error.txt): still training, or stopped"
     return run
 
 
