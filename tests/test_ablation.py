@@ -221,3 +221,25 @@ def test_paired_differences_and_intervals_say_what_is_resolved(tmp_path):
     close = pairs["rope_2d", "learned_1d"]  # +0.5, -1, +1: not resolved
     assert close["mean"] == pytest.approx(1 / 6) and not close["resolved"]
     assert ("none", "none") not in pairs and ("none", "learned_1d") in pairs
+
+
+def test_evaluation_breaks_ties_as_training_does():
+    # bf16 logits tie often; argmax and the trainer's top-k disagree on a third of these images
+    from contextlib import nullcontext
+
+    from vit.studies.evaluation import accuracy
+    from vit.training.trainer import evaluate
+
+    class Tied(torch.nn.Module):
+        def forward(self, x):
+            return x.flatten(1)[:, :10].round()
+
+    generator = torch.Generator().manual_seed(0)
+    images, labels = (
+        torch.randn(512, 1, 4, 4, generator=generator) * 2,
+        torch.randint(0, 10, (512,), generator=generator),
+    )
+    batches = [(images[i : i + 128], labels[i : i + 128]) for i in range(0, 512, 128)]
+    mean, std = torch.zeros(1), torch.ones(1)
+    logged = evaluate(Tied(), batches, mean, std, nullcontext)["acc1"]
+    assert accuracy(Tied(), batches, mean, std) == pytest.approx(logged, abs=1e-9)

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from vit.training.checkpoint import load_checkpoint
 from vit.training.data.augment import normalize
+from vit.training.hits import hits
 
 RESOLUTION_FACTORS = (0.75, 1.25, 1.5, 2.0)
 
@@ -57,7 +58,7 @@ def accuracy(
         if shuffle_patch is not None:
             x = shuffle_patches(x, shuffle_patch, generator)
         with autocast():
-            correct += (model(x).argmax(-1) == labels).sum()  # on the device: no sync per batch
+            correct += hits(model(x), labels)[0].sum()  # on the device: no sync per batch
         total += len(labels)
     return 100 * correct.item() / total
 

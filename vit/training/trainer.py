@@ -40,6 +40,7 @@ from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
 from vit.training.device import choose_device
 from vit.training.ema import WeightEma
+from vit.training.hits import hits
 from vit.training.optim import build_optimizer, load_optimizer_state, warmup_cosine, warmup_epochs
 from vit.training.progress import Progress
 from vit.training.resume import Start, where_run_stands
@@ -451,10 +452,9 @@ def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
     for images, labels in loader:
         with autocast():
             logits = net(normalize(images, mean, std))
-        k = min(5, logits.shape[-1])
-        hits = logits.topk(k, dim=-1).indices == labels[:, None]
+        top1, top5 = hits(logits, labels)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
-        totals[:3] += torch.stack([loss, hits[:, 0].sum(), hits.any(dim=-1).sum()]).double()
+        totals[:3] += torch.stack([loss, top1.sum(), top5.sum()]).double()
         totals[3] += len(labels)  # a host number: no copy to the device, no sync per batch
     loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
     return {"loss": loss / count, "acc1": 100 * top1 / count, "acc5": 100 * top5 / count}
