@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DEVICES
+from conftest import DEVICES, tiny_vit
 from runs import train
 from vit.cli import compose
 from vit.studies import ablation
@@ -243,3 +243,20 @@ def test_evaluation_breaks_ties_as_training_does():
     mean, std = torch.zeros(1), torch.ones(1)
     logged = evaluate(Tied(), batches, mean, std, nullcontext)["acc1"]
     assert accuracy(Tied(), batches, mean, std) == pytest.approx(logged, abs=1e-9)
+
+
+def test_the_shuffle_moves_tokens_so_a_tokenizer_keeps_them_whole():
+    from vit.studies.evaluation import shuffle_patches, shuffled_tokens
+
+    images = torch.randn(8, 3, 16, 16)
+    patchify = tiny_vit("conv", "gap", "learned_1d").eval()
+    with torch.no_grad(), shuffled_tokens(patchify, torch.Generator().manual_seed(0)):
+        tokens_moved = patchify(images)  # patch-wise: the same as moving the image's patches
+    patches_moved = patchify(shuffle_patches(images, 4, torch.Generator().manual_seed(0)))
+    torch.testing.assert_close(tokens_moved, patches_moved.detach())
+    # no positions and average pooling: blind to the order of whole tokens, whatever the embedding
+    tokenizer = tiny_vit("conv_tokenizer", "gap", "none").eval()
+    with torch.no_grad(), shuffled_tokens(tokenizer, torch.Generator().manual_seed(0)):
+        shuffled = tokenizer(images)
+    torch.testing.assert_close(shuffled, tokenizer(images).detach(), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(tokenizer(shuffle_patches(images, 4, torch.Generator().manual_seed(0))), shuffled)

@@ -3,14 +3,15 @@
 - validation accuracy at the training resolution;
 - at other resolutions with no fine-tuning (the validation images resized, each scheme
   resizing itself the way the model does: resampled table, recomputed angles or index);
-- with the patches of every image shuffled: a model without positions is unaffected,
-  a model that uses positions drops;
+- with the patch tokens of every image shuffled (after the patch embedding): a model
+  without positions is unaffected, a model that uses positions drops;
 - the mean attention distance of every head of every block (on the first images).
 """
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -43,21 +44,38 @@ def default_resolutions(img_size: int, patch: int) -> list[int]:
     return sorted(sizes - {img_size})
 
 
+@contextmanager
+def shuffled_tokens(model, generator: torch.Generator) -> Iterator[None]:
+    """Inside, every image's patch tokens move to a random permutation of the grid positions
+    right after the patch embedding. For a patch-wise embedding that is shuffling the image's
+    patches (the same draws give the same result as `shuffle_patches`); for a convolutional
+    tokenizer, whose windows straddle patch borders, it is the only shuffle that leaves the
+    tokens themselves whole, so it tests position alone."""
+
+    def permute(module, inputs, tokens):
+        b, n, _ = tokens.shape
+        order = torch.rand(b, n, generator=generator).argsort(dim=1).to(tokens.device)
+        return tokens[torch.arange(b, device=tokens.device)[:, None], order]
+
+    handle = model.patch_embed.register_forward_hook(permute)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
-def accuracy(
-    model, batches, mean, std, size: int | None = None, shuffle_patch: int | None = None, autocast=nullcontext
-) -> float:
+def accuracy(model, batches, mean, std, size: int | None = None, shuffle: bool = False, autocast=nullcontext) -> float:
     """Top-1 accuracy (percent) over the validation batches, optionally resized or shuffled,
-    under `autocast` (the precision the run trained and evaluated in)."""
+    under `autocast` (the precision the run trained and evaluated in); `shuffle`: with the
+    patch tokens shuffled (`shuffled_tokens`)."""
     generator = torch.Generator().manual_seed(0)
     correct, total = torch.zeros((), dtype=torch.long, device=mean.device), 0
     for images, labels in batches:
         x = normalize(images, mean, std)
         if size is not None and x.shape[-1] != size:
             x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        if shuffle_patch is not None:
-            x = shuffle_patches(x, shuffle_patch, generator)
-        with autocast():
+        with autocast(), shuffled_tokens(model, generator) if shuffle else nullcontext():
             correct += hits(model(x), labels)[0].sum()  # on the device: no sync per batch
         total += len(labels)
     return 100 * correct.item() / total
@@ -120,7 +138,7 @@ def evaluate_checkpoint(
         "precision": amp.precision_name(dtype),
         "acc1": measure(),
         "acc1_at": {str(r): measure(size=r) for r in resolutions},
-        "shuffled_acc1": measure(shuffle_patch=patch),
+        "shuffled_acc1": measure(shuffle=True),
         "attention_distance_px": attention_distance(model, val, mean, std).tolist(),
         "params": sum(p.numel() for p in model.parameters()),
         "pos_embed_params": sum(p.numel() for p in model.pos_embed.parameters()),
