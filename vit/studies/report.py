@@ -225,8 +225,8 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         f"Command: `{command}`",
         "",
         "Mean ± the 95% confidence interval over seeds (Student's t), accuracies in percent; resolutions are test "
-        'image sizes with no fine-tuning; "shuffled patches" permutes the patches of each '
-        "validation image.",
+        'image sizes with no fine-tuning; "shuffled patches" permutes the patch tokens of each '
+        "validation image, right after the patch embedding.",
         "",
         *results_table(summary),
         "",
