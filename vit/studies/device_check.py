@@ -122,12 +122,12 @@ def schemes(device_name: str, compiled: bool, small: bool) -> dict:
 
 
 def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, steps: int = 10) -> dict:
+    """One scheme's kernel and operator count, then its training step as the benchmark times it."""
     import torch
-    import torch.nn.functional as F
 
     from vit.cli import build_model, compose
     from vit.studies.attention_kernel import attention_kernels
-    from vit.studies.benchmark import sync
+    from vit.studies.benchmark import Bench, Variant, sync, timed
     from vit.studies.op_count import step_ops
     from vit.training import precision
     from vit.training.device import choose_device
@@ -136,40 +136,23 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
     cfg = compose("train", ["model=vit_cifar", "data=cifar10", f"model/pos_embed={scheme}", *size])
     device = choose_device(device_name)
     dtype = precision.choose_precision("auto", device)
-    autocast = lambda: precision.autocast(device, dtype)  # noqa: E731
-    model = build_model(cfg).to(device)
     batch = 8 if small else 256
-    x, y = torch.randn(batch, 3, 32, 32, device=device), torch.randint(0, 10, (batch,), device=device)
-    kernel = attention_kernels(model, x[:2], autocast)
-    ops, views = step_ops(model, x[:2], 10, autocast)
     torch._dynamo.reset()  # each scheme's graphs from scratch, within dynamo's recompile limit
-    net = torch.compile(model) if compiled else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-
-    def step():
-        with autocast():
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
+    variant = Variant(scheme, lambda: build_model(cfg), scheme, compiled=compiled, amp=dtype)
+    bench = Bench(variant, batch=batch, img_size=32, in_chans=3, classes=10, device=device)
+    ops, views = step_ops(bench.model, bench.x[:2], 10, bench.autocast)
     started = time.time()
     for _ in range(3):  # compile and warm up
-        step()
+        bench.train_step()
     sync(device)
-    first_s, started = time.time() - started, time.time()
-    for _ in range(steps):
-        step()
-    sync(device)
-    step_ms = 1000 * (time.time() - started) / steps
-    name = precision.precision_name(dtype)
+    warmup_s = time.time() - started
     return {
-        "kernel": kernel,
+        "kernel": attention_kernels(bench.model, bench.x[:2], bench.autocast),
         "eager_ops": ops - views,  # operators per eager step, views aside: about a kernel launch each
-        "precision": name,
+        "precision": precision.precision_name(dtype),
         "compiled": compiled,
-        "warmup_s": first_s,
-        "step_ms": step_ms,
+        "warmup_s": warmup_s,
+        "step_ms": 1000 * batch / timed(bench.train_step, steps, batch, device),
     }
 
 
