@@ -49,6 +49,18 @@ def make_class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=(12,
     return root
 
 
+def make_jpeg_folders(root: Path, classes=("ant", "bee"), per_class=(6, 2), size=(50, 37), seed: int = 0) -> Path:
+    """root/{train,val}/<class>/*.jpg of noise, each `size` (width, height) as a camera's are."""
+    rng = np.random.default_rng(seed)
+    for split, count in zip(("train", "val"), per_class, strict=True):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / name / f"{i}.jpg", quality=90)
+    return root
+
+
 def write_idx(path: Path, array: np.ndarray) -> Path:
     """An idx file of unsigned bytes, gzipped when the name ends in .gz."""
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from vit.training.disk import disk_full
 
 REQUIRED = ("model", "optimizer", "scheduler", "epoch", "step", "config")
 
@@ -46,26 +46,12 @@ def save_atomic(state: dict, path: Path, previous: Path | None = None) -> None:
         os.replace(tmp, path)
     except BaseException as e:
         tmp.unlink(missing_ok=True)  # a partial file would go on filling the disk
-        if _disk_full(e, path.parent):
+        if disk_full(e, path.parent):
             raise CheckpointError(
                 f"the disk is full: {path.name} could not be saved in {path.parent}; its partial file was "
                 f"removed and the checkpoints already there are intact: free some space, then resume=auto"
             ) from e
         raise
-
-
-def _disk_full(error: BaseException, folder: Path) -> bool:
-    """ENOSPC or EDQUOT anywhere in the chain (torch.save wraps the OSError in a RuntimeError),
-    or a disk with no room left."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    try:
-        return shutil.disk_usage(folder).free < 2**20
-    except OSError:
-        return False
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -18,6 +18,7 @@ PURPOSES = (
     "policy",  # a batch's TrivialAugment magnitudes, on the host
     "image",  # one image's augmentation when loaded from files
     "mixup",  # a step's Mixup/CutMix draws: the same on every process
+    "crop",  # one image's crop box and flip when trained from the decoded cache
 )
 
 

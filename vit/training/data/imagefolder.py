@@ -5,6 +5,10 @@ transforms v2, batched as uint8 and normalised on the device.
 `classes` restricts the classes: null for all, an integer N for the first N in sorted
 order (ImageNet-100 style), or a list of folder names. `num_classes` left null is the number
 of classes chosen; given, it must agree.
+
+`cache=true` decodes each image once into a uint8 cache on disk (decoded_cache.py) and
+trains from its memory map, with the crop, flip and policy run in batches on the device
+(cached_batches.py): no loading processes, no per-epoch decoding.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from vit.training.data.source import DataSource
 from vit.training.seeds import seed_for
 
 POLICIES = {"none": None, "randaugment": v2.RandAugment, "trivialaugment": v2.TrivialAugmentWide}
+CACHED_POLICIES = ("none", "trivialaugment")  # the ones with a batched version on the device
 
 
 class ImageFolderData(DataSource):
@@ -39,13 +44,24 @@ class ImageFolderData(DataSource):
         flip: bool = True,
         crop_pct: float = 0.875,
         num_workers: int | str = "auto",
+        cache: bool = False,
+        cache_dir: str = "outputs/cache",
+        cache_size: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         if policy not in POLICIES:
             raise ConfigError(f"data: policy must be one of {', '.join(POLICIES)}, got {policy!r}")
+        if cache and policy not in CACHED_POLICIES:
+            raise ConfigError(f"data: with cache=true, policy must be one of {', '.join(CACHED_POLICIES)}")
+        if cache_size is not None and cache_size < self.img_size:
+            raise ConfigError(f"data: cache_size {cache_size} is below img_size {self.img_size}")
         self.root, self.classes = Path(root), classes
         self.num_workers = workers(num_workers)
+        self.cache, self.cache_dir = cache, Path(cache_dir)
+        # stored a little above the training size, as the validation resize: room to crop
+        self.cache_size = cache_size or round(self.img_size / crop_pct)
+        self.scale, self.flip, self.policy, self.crop_pct = tuple(scale), flip, policy, crop_pct
         size = self.img_size
         augment = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
         augment += [v2.RandomHorizontalFlip()] if flip else []
@@ -97,6 +113,8 @@ class ImageFolderData(DataSource):
                 f"{self.num_classes}; leave it out (null) to use the number of classes"
             )
         val = self.folder("val", train.classes)  # the same label for the same class name
+        if self.cache:
+            return self.cached_loaders(train, val, device, rank, world, seed)
         # its own generator: the DataLoader draws a worker seed per epoch, which must not come
         # from (and shift) the training loop's stream, or a resumed run would drift
         common = dict(
@@ -114,6 +132,24 @@ class ImageFolderData(DataSource):
             device,
         )
         return make(train, True), make(val, False)
+
+    def cached_loaders(self, train: ClassFolders, val: ClassFolders, device, rank: int, world: int, seed: int):
+        from vit.training.data.cached_batches import CachedBatches
+        from vit.training.data.decoded_cache import CacheSpec, open_cache
+
+        mode = "L" if self.in_chans == 1 else "RGB"
+        specs = {
+            "train": CacheSpec("train", mode, self.cache_size),
+            "val": CacheSpec("val", mode, self.img_size, round(self.img_size / self.crop_pct)),
+        }
+        loaders = []
+        for split, folders in (("train", train), ("val", val)):
+            cache = open_cache(
+                folders.samples, Path(folders.root), folders.classes, specs[split], self.cache_dir, self.num_workers
+            )
+            sampler = ShardedBatches(len(cache), self.batch_size, rank, world, seed, train=split == "train")
+            loaders.append(CachedBatches(cache, device, sampler, self.img_size, self.scale, self.flip, self.policy))
+        return tuple(loaders)
 
 
 class DeviceLoader:
