@@ -15,6 +15,11 @@ step fed by the run's data loader, a whole epoch per round, to show what loading
 
     python scripts/benchmark.py data=imagefolder data.root=DIR data.img_size=28 benchmark.loader=true
 
+`benchmark.loader=only` measures class folders' loading alone, on one core: the PIL path
+against the decoded cache (data.cache), and the cache's build time and size:
+
+    python scripts/benchmark.py data=imagefolder data.root=DIR data.img_size=224 benchmark.loader=only
+
 Prints a markdown table and the headline ratios; writes the same figures as JSON to
 outputs/benchmarks/.
 """
@@ -98,6 +103,39 @@ def varied(cfg: DictConfig, overrides: str):
     return partial(instantiate_group, model, "model"), (choices["model/pos_embed"], choices["model/patch_embed"])
 
 
+def loader_only(cfg: DictConfig, device) -> None:
+    """benchmark.loader=only: the loaders alone, per core (vit/studies/loader_speed.py)."""
+    import torch
+
+    from vit.studies.loader_speed import loader_speed, markdown
+    from vit.training.data import DataError
+    from vit.training.data.imagefolder import ImageFolderData
+
+    data = exit_on({ConfigError: 2}, lambda: instantiate_group(cfg, "data"))
+    if not isinstance(data, ImageFolderData):
+        fail("benchmark.loader=only compares the loaders of class folders: set data=imagefolder data.root=DIR")
+    b = cfg.benchmark
+    report = exit_on({DataError: 1}, lambda: loader_speed(data, device, cfg.seed, b.steps, b.rounds))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {platform.processor() or 'x86'}"
+    print(f"{data.img_size} px, batch {data.batch_size}, median of {b.rounds} rounds of {b.steps} batches\n")
+    print(markdown(report, name))
+    setting = {
+        "device": name,
+        "img_size": data.img_size,
+        "batch_size": data.batch_size,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    write_report({"setting": setting, **report}, b.out_dir, "loaders")
+
+
+def write_report(report: dict, out_dir: str, kind: str) -> None:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{kind}_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\n{path}")
+
+
 def data_loader(cfg: DictConfig, device):
     """The training split's loader as train.py builds it (one process), or None."""
     if not cfg.benchmark.loader:
@@ -123,9 +161,11 @@ def main(cfg: DictConfig) -> None:
     from vit.training.device import choose_device
     from vit.training.precision import allow_tf32, choose_precision, precision_name
 
+    device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
+    if cfg.benchmark.loader == "only":
+        return loader_only(cfg, device)
     cfg = exit_on({ConfigError: 2}, lambda: without_data(cfg))
     b, m = cfg.benchmark, cfg.model
-    device = exit_on({TrainingError: 2}, lambda: choose_device(cfg.trainer.device))
     amp = exit_on({ConfigError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
     allow_tf32()  # as the trainer: fp32 matrix products on tensor cores
     both, cuda = [False, True], device.type == "cuda"
@@ -155,11 +195,7 @@ def main(cfg: DictConfig) -> None:
     print(markdown(rows))
     lines = headlines(rows)
     print("\n".join(["", *lines]) if lines else "", end="")
-    out = Path(b.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"benchmark_{time.strftime('%Y-%m-%d_%H-%M-%S')}.json"
-    path.write_text(json.dumps({"setting": setting, "results": rows, "headlines": lines}, indent=2) + "\n")
-    print(f"\n{path}")
+    write_report({"setting": setting, "results": rows, "headlines": lines}, b.out_dir, "benchmark")
 
 
 if __name__ == "__main__":

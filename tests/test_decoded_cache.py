@@ -298,3 +298,23 @@ def test_a_run_through_the_cache_resumes_to_bit_identical_weights(tmp_path):
     assert all(torch.equal(again[k], v) for k, v in reference.items())
     manifest = json.loads((cache_of(tmp_path / "cache").folder / "manifest.json").read_text())
     assert manifest["bytes"] == 8 * 2 * 18 * math.floor(18 * 50 / 37) * 3
+
+
+def test_the_loader_benchmark_measures_both_paths_and_the_build(tmp_path):
+    from vit.studies.loader_speed import loader_speed
+
+    root = make_jpeg_folders(tmp_path / "tree", per_class=(8, 2))
+    report = loader_speed(cached_data(root, tmp_path / "unused"), CPU, seed=0, batches=2, rounds=2)
+    assert [r["loader"] for r in report["rows"]] == [
+        "PIL: decode, crop, flip",
+        "cache, host: boxes and copies",
+        "cache, whole",
+    ]
+    assert all(len(r["rounds"]) == 2 and r["images_per_sec_per_core"] > 0 for r in report["rows"])
+    build = report["build"]
+    assert build["images"] == 20 and build["stored_size"] == 18
+    stored = 18 * math.floor(18 * 50 / 37) * 3  # bytes of one training image
+    assert build["train_mib_per_1000"] > stored * 1000 / 2**20  # the pixels, and the index beside them
+    assert not (tmp_path / "unused").exists()  # built in a folder of its own, then removed
+    with pytest.raises(DataError, match="data.batch_size 64 is more than the 16 training images"):
+        loader_speed(cached_data(root, tmp_path, batch_size=64), CPU, seed=0, batches=2, rounds=1)

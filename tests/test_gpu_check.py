@@ -20,8 +20,10 @@ def test_the_gpu_check_runs_its_checks_small_on_a_cpu_and_writes_its_report(tmp_
     assert list(schemes) == registry.schemes()
     assert all(r["step_ms"] > 0 and r["kernel"] in ("math", "flash") for r in schemes.values())
     assert "skipped" in checks["tests"]["results"]["cuda"]  # pytest -m cuda ran, and skipped on a CPU
-    assert checks["class folders"]["results"]["images_per_sec"] > 0
-    assert 0 <= checks["class folders"]["results"]["data_wait_frac"] < 1
+    folders = checks["class folders"]["results"]
+    assert folders["vit_tiny PIL images/s"] > 0 and folders["vit_tiny cache images/s"] > 0
+    assert 0 <= folders["vit_tiny PIL data wait"] < 1 and 0 <= folders["vit_tiny cache data wait"] < 1
+    assert folders["cache, host: boxes and copies, images/s per core"] > 0
     markdown = (tmp_path / "check" / "report.md").read_text()
     assert "| schemes | ok |" in markdown and "| rope_mixed | " in markdown
     assert f"report: {tmp_path / 'check' / 'report.md'}" in proc.stdout

@@ -140,8 +140,8 @@ def sleep_while_waiting(cfg: DictConfig) -> None:
     wait instead of spinning: a spinning thread holds a core that a loader needs (28 px class
     folders, 2 loaders on 2 cores: 585-887 img/s per epoch spinning, 938-979 sleeping). OpenMP
     reads this when torch loads it, so call it before importing torch; a value the user set stays."""
-    workers = cfg.get("data", {}).get("num_workers", 0)
-    if workers != 0:
+    data = cfg.get("data", {})
+    if data.get("num_workers", 0) != 0 and not data.get("cache", False):  # the cache trains with no workers
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -253,44 +253,35 @@ def recipe(out: Path, small: bool, timeout: float) -> dict | Check:
     return {"wall_s": time.time() - started, **{k: summary[k] for k in keys}}
 
 
-def make_jpegs(root: Path, classes: int, per_class: tuple[int, int], size=(500, 375)) -> Path:
-    """root/{train,val}/<class>/*.jpg: noise over a colour of each class, as photographs are JPEGs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in zip(("train", "val"), per_class, strict=True):
-        for k in range(classes):
-            (root / split / f"c{k}").mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                pixels = rng.integers(0, 80, (size[1], size[0], 3), dtype=np.uint8)
-                pixels[..., k % 3] += 150
-                Image.fromarray(pixels).save(root / split / f"c{k}" / f"{i}.jpg", quality=90)
-    return root
-
-
 def class_folders(out: Path, small: bool, timeout: float) -> dict:
-    """vit_tiny at 224 px fed by class folders of 500x375 JPEGs (PIL in loading processes):
-    images/s and the share of time the step waited for data, in the second epoch."""
-    run_dir = out / "class_folders"
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """vit_tiny and vit_small at 224 px on class folders of 500x375 JPEGs, fed by PIL in loading
+    processes and by the decoded cache (data.cache=true): images/s and the share of time the
+    step waited for data, in the second epoch; and the loaders alone, per core."""
+    from vit.studies.class_folders import make_jpegs
+
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_jpegs(Path(tmp), 2 if small else 10, (8, 2) if small else (512, 16))
-        if small:
-            sizes = [
-                "data.img_size=32",
-                "data.batch_size=4",
-                "data.num_workers=1",
-                "model.depth=1",
-                "model.embed_dim=32",
-            ]
-            sizes += ["model.num_heads=2", "model.patch_size=8"]
-        else:
-            sizes = ["trainer.compile=true"]
-        args = ["scripts/train.py", "data=imagefolder", f"data.root={root}", "model=vit_tiny", "trainer.epochs=2"]
-        script([*args, f"hydra.run.dir={run_dir}", *sizes], timeout, ROOT)
-    last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
-    return {"images_per_sec": last["images_per_sec"], "data_wait_frac": last["data_wait_frac"]}
+        root = make_jpegs(Path(tmp) / "jpegs", 2 if small else 10, (8, 2) if small else (256, 16))
+        small_model = ["data.num_workers=1", "model.depth=1", "model.embed_dim=32"]
+        small_model += ["model.num_heads=2", "model.patch_size=8"]
+        size = ["data.img_size=32", "data.batch_size=4"] if small else []
+        for model in ["vit_tiny"] if small else ["vit_tiny", "vit_small"]:
+            for loader, cache in (("PIL", "false"), ("cache", "true")):
+                run_dir = out / f"class_folders_{model}_{loader}"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                args = ["scripts/train.py", "data=imagefolder", f"data.root={root}", f"model={model}", *size]
+                args += [f"data.cache={cache}", f"data.cache_dir={tmp}/cache", "trainer.epochs=2"]
+                args += small_model if small else ["trainer.compile=true"]
+                script([*args, f"hydra.run.dir={run_dir}"], timeout, ROOT)
+                last = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
+                results[f"{model} {loader} images/s"] = last["images_per_sec"]
+                results[f"{model} {loader} data wait"] = last["data_wait_frac"]
+        bench = ["scripts/benchmark.py", "data=imagefolder", f"data.root={root}", *(size or ["data.img_size=224"])]
+        script([*bench, "benchmark.loader=only", f"benchmark.out_dir={out / 'loaders'}"], timeout, ROOT)
+    report = json.loads(max((out / "loaders").glob("loaders_*.json")).read_text())
+    for row in report["rows"]:
+        results[f"{row['loader']}, images/s per core"] = row["images_per_sec_per_core"]
+    return results
 
 
 # --- the report ---------------------------------------------------------------------------------

@@ -61,22 +61,27 @@ class CachedBatches:
         return self.to_device(batch).permute(0, 3, 1, 2).contiguous()
 
     def augmented(self, rows: np.ndarray, step: int) -> torch.Tensor:
-        s, split = self.sampler, self.split
-        draws = image_uniforms(s.seed, s.epoch, rows)
-        top, left, height, width = resized_crop_boxes(split.index[rows, 1], split.index[rows, 2], draws, self.scale)
-        crops = self.pinned((len(rows), height.max(), width.max(), split.channels))
-        for b, i in enumerate(rows):  # copies only the boxes out of the memory map
-            crops[b, : height[b], : width[b]] = split.image(i)[
-                top[b] : top[b] + height[b], left[b] : left[b] + width[b]
-            ]
-        sizes = np.stack([height, width, flips(draws) & self.flip]).astype(np.int64)
+        crops, sizes = self.host_crops(rows)
         sizes = self.to_device(sizes)
         images = resize_crops(self.to_device(crops), sizes[0], sizes[1], self.img_size, sizes[2].bool())
         if self.policy == "trivialaugment":
+            s = self.sampler
             generator = batch_generator(self.device, s.seed, s.epoch, step)
             host = torch.Generator().manual_seed(seed_for("policy", s.seed, s.epoch, step))
             images = trivial_augment(images, *draw(generator, host, s.global_batch, s.rank * s.local_batch, len(rows)))
         return images
+
+    def host_crops(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The host's part: each image's box copied out of the memory map into one padded
+        uint8 batch (B, H, W, C), and (3, B) int64 of box heights, widths and flips."""
+        s, split = self.sampler, self.split
+        draws = image_uniforms(s.seed, s.epoch, rows)
+        top, left, height, width = resized_crop_boxes(split.index[rows, 1], split.index[rows, 2], draws, self.scale)
+        crops = self.pinned((len(rows), height.max(), width.max(), split.channels))
+        for b, i in enumerate(rows):
+            box = split.image(i)[top[b] : top[b] + height[b], left[b] : left[b] + width[b]]
+            crops[b, : height[b], : width[b]] = box
+        return crops, np.stack([height, width, flips(draws) & self.flip]).astype(np.int64)
 
     def pinned(self, shape: tuple[int, ...]) -> np.ndarray:
         """A host buffer (uninitialised: outside each box the resize weights are zero)."""
