@@ -162,23 +162,31 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
 def host_syncs(device_name: str) -> dict | Check:
     """The host waits on the GPU during one training step (fetch, augment, step), counted
     with torch.cuda.set_sync_debug_mode on the trainer's own code: scikit-learn's digits in
-    memory, crop, TrivialAugment and Mixup on the device, bf16, eager."""
+    memory, crop, TrivialAugment and Mixup on the device, bf16, eager; and class folders
+    through the decoded cache (the boxes' resize and TrivialAugment on the device)."""
     import torch
+
+    from vit.studies.class_folders import make_jpegs
 
     if not torch.cuda.is_available():
         return Check("host syncs", "skipped", "no CUDA device: the sync debug mode is CUDA's")
-    return step_syncs(device_name)
+    model = [f"trainer.device={device_name}", "model.embed_dim=64", "model.depth=2", "model.num_heads=4"]
+    digits = step_syncs(["experiment=digits", "+data.policy=trivialaugment", "data.mixup=0.2", *model])
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_jpegs(Path(tmp) / "jpegs", 2, (16, 2))
+        folders = ["data=imagefolder", f"data.root={root}", "data.cache=true", f"data.cache_dir={tmp}/cache"]
+        folders += ["data.img_size=64", "data.batch_size=8", "data.policy=trivialaugment", "model.patch_size=8"]
+        cache = step_syncs([*folders, *model])
+    return {**digits, "cache syncs": cache["syncs"], "cache where": cache["where"]}
 
 
-def step_syncs(device_name: str) -> dict:
+def step_syncs(overrides: list[str]) -> dict:
     import torch
 
-    from vit.cli import compose
+    from vit.cli import compose, with_class_count
     from vit.training import trainer
 
-    overrides = ["experiment=digits", "+data.policy=trivialaugment", "data.mixup=0.2", "trainer.log_every=1000"]
-    overrides += [f"trainer.device={device_name}", "model.embed_dim=64", "model.depth=2", "model.num_heads=4"]
-    cfg = compose("train", overrides)
+    cfg = with_class_count(compose("train", [*overrides, "trainer.log_every=1000"]))
     with tempfile.TemporaryDirectory() as folder:
         stop = trainer.StopRequest()
         try:

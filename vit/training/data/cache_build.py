@@ -18,6 +18,7 @@ import shutil
 import signal
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -188,23 +189,30 @@ def run_tasks(function, tasks: list, workers: int, pixels: Path | None, ordered:
     mapped once. A task that reports an unreadable image stops the build in one line."""
     if workers == 0 or len(tasks) <= 1:
         open_pixels(pixels)
-        results = map(function, tasks)
-    else:
-        # forkserver: fresh processes (a fork of a threaded training process can deadlock), which
-        # import no torch, so they start in a fraction of a second
-        pool = multiprocessing.get_context("forkserver").Pool(min(workers, len(tasks)), start_worker, (pixels,))
-        results = (pool.imap if ordered else pool.imap_unordered)(function, tasks, chunksize=1 if pixels else 64)
-    try:
-        for result in results:
-            if isinstance(result, BadImage):
-                raise DataError(f"{result.path}: not a readable image ({result.reason}); remove or replace it")
-            yield result
-    finally:
-        if workers and len(tasks) > 1:
-            pool.terminate()
-            pool.join()
-        else:
+        try:
+            yield from checked(map(function, tasks))
+        finally:
             open_pixels(None)
+        return
+    # forkserver: fresh processes (a fork of a threaded training process can deadlock), which
+    # import no torch, so they start in a fraction of a second; a process that dies is an
+    # error here (BrokenProcessPool), never a pool that waits for it forever
+    context = multiprocessing.get_context("forkserver")
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), context, initializer=start_worker, initargs=(pixels,))
+    try:
+        if ordered:
+            yield from checked(pool.map(function, tasks, chunksize=64))
+        else:
+            yield from checked(f.result() for f in as_completed([pool.submit(function, t) for t in tasks]))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)  # the chunks under way end; no new ones start
+
+
+def checked(results):
+    for result in results:
+        if isinstance(result, BadImage):
+            raise DataError(f"{result.path}: not a readable image ({result.reason}); remove or replace it")
+        yield result
 
 
 class BadImage:

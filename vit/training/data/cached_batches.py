@@ -36,7 +36,6 @@ class CachedBatches:
     ):
         self.split, self.device, self.sampler, self.img_size = split, device, sampler, img_size
         self.scale, self.flip, self.policy = tuple(scale), flip, policy
-        self.labels = torch.from_numpy(split.labels)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.sampler.set_epoch(epoch, start)
@@ -53,7 +52,7 @@ class CachedBatches:
         for step, index in enumerate(s, start=s.start if s.train else 0):
             rows = index.numpy()
             images = self.augmented(rows, step) if s.train else self.stored(rows)
-            yield images, self.labels[index].to(self.device, non_blocking=True)
+            yield images, self.to_device(self.split.labels[rows])
 
     def stored(self, rows: np.ndarray) -> torch.Tensor:
         """Validation images as stored: (B, C, S, S)."""
@@ -89,6 +88,7 @@ class CachedBatches:
         return tensor.numpy()
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
+        """Pinned first on a GPU: a copy from pageable memory would wait for the queued kernels."""
         tensor = torch.from_numpy(array)
         if self.device.type == "cuda" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
