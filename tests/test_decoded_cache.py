@@ -15,12 +15,15 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from scipy import stats
 
-from data_files import make_jpeg_folders
+from data_files import make_fashion_mnist, make_jpeg_folders
 from runs import TINY, train
 from vit.errors import ConfigError
+from vit.studies.class_folders import export_fashion_mnist
+from vit.studies.loader_speed import loader_speed
 from vit.training.checkpoint import load_checkpoint
 from vit.training.data import DataError, cache_build, decoded_cache
 from vit.training.data.crop_boxes import DRAWS, flips, image_uniforms, resized_crop_boxes
+from vit.training.data.fashion_mnist import FashionMnist
 from vit.training.data.imagefolder import ImageFolderData
 from vit.training.data.resized_crop import resize_crops, resize_to_float
 
@@ -301,8 +304,6 @@ def test_a_run_through_the_cache_resumes_to_bit_identical_weights(tmp_path):
 
 
 def test_the_loader_benchmark_measures_both_paths_and_the_build(tmp_path):
-    from vit.studies.loader_speed import loader_speed
-
     root = make_jpeg_folders(tmp_path / "tree", per_class=(8, 2))
     report = loader_speed(cached_data(root, tmp_path / "unused"), CPU, seed=0, batches=2, rounds=2)
     assert [r["loader"] for r in report["rows"]] == [
@@ -318,3 +319,17 @@ def test_the_loader_benchmark_measures_both_paths_and_the_build(tmp_path):
     assert not (tmp_path / "unused").exists()  # built in a folder of its own, then removed
     with pytest.raises(DataError, match="data.batch_size 64 is more than the 16 training images"):
         loader_speed(cached_data(root, tmp_path, batch_size=64), CPU, seed=0, batches=2, rounds=1)
+
+
+def test_fashion_mnist_exported_as_class_folders_holds_its_images_and_labels(tmp_path):
+    source = make_fashion_mnist(tmp_path / "idx", train=20, test=10)
+    root = export_fashion_mnist(tmp_path / "folders", (12, 10), source=str(source))
+    data = cached_data(root, tmp_path / "cache", in_chans=1, mean=[0.5], std=[0.5], img_size=28)
+    samples = data.folder("train").samples
+    assert len(samples) == 12 and len(data.folder("val").samples) == 10
+    settings = dict(name="f", img_size=28, in_chans=1, num_classes=10, batch_size=1, mean=[0], std=[1])
+    train_split, _ = FashionMnist(root=str(source), download=False, **settings).splits()
+    for path, label in samples:
+        i = int(os.path.basename(path).removesuffix(".png"))
+        assert data.folder("train").classes[label] == str(int(train_split.labels[i]))
+        np.testing.assert_array_equal(np.asarray(Image.open(path)), train_split.images[i, 0].numpy())

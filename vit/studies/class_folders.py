@@ -30,13 +30,15 @@ def make_jpegs(root: Path, classes: int, per_class: tuple[int, int], size=(500, 
     return root
 
 
-def export_fashion_mnist(root: Path, counts: tuple[int, int]) -> Path:
+def export_fashion_mnist(root: Path, counts: tuple[int, int], source: str = "data") -> Path:
+    """The first counts[0] training and counts[1] test images, as data=fashion_mnist finds them
+    (in `source`, or Debian's package), written as PNGs under their class numbers."""
     from PIL import Image
 
     from vit.training.data.fashion_mnist import FashionMnist
 
     settings = dict(name="fashion_mnist", img_size=28, in_chans=1, num_classes=10, batch_size=1, mean=[0], std=[1])
-    data = FashionMnist(root="data", download=False, **settings)
+    data = FashionMnist(root=source, download=False, **settings)
     for split, part, count in zip(("train", "val"), data.splits(), counts, strict=True):
         for i in range(min(count, len(part.labels))):
             folder = root / split / str(int(part.labels[i]))
