@@ -25,7 +25,7 @@ from vit.training.data import DataError, cache_build, decoded_cache
 from vit.training.data.crop_boxes import DRAWS, flips, image_uniforms, resized_crop_boxes
 from vit.training.data.fashion_mnist import FashionMnist
 from vit.training.data.imagefolder import ImageFolderData
-from vit.training.data.resized_crop import resize_crops, resize_to_float
+from vit.training.data.resized_crop import resize_crops, resize_each, resize_to_float
 
 CPU = torch.device("cpu")
 
@@ -88,6 +88,11 @@ def test_the_device_crop_equals_torchvisions_resized_crop_for_given_boxes(box, o
     assert (as_bytes[0].float() - reference.round()).abs().max() <= 1  # a .5 may round either way
     if (h, w) == (out, out):  # no resize: the pixels themselves
         assert torch.equal(as_bytes[0], image[:, top : top + h, left : left + w])
+    # on a CPU: torch's kernel per image, to the bit as torchvision's on uint8
+    crop = image[:, top : top + h, left : left + w].permute(1, 2, 0)
+    each = resize_each([crop, crop], out, [False, True])
+    reference_bytes = TF.resized_crop(image, top, left, h, w, [out, out], antialias=True)
+    assert torch.equal(each[0], reference_bytes) and torch.equal(each[1], reference_bytes.flip(-1))
 
 
 @pytest.mark.parametrize("height, width", [(375, 500), (40, 300), (300, 24)])
@@ -333,3 +338,23 @@ def test_fashion_mnist_exported_as_class_folders_holds_its_images_and_labels(tmp
         i = int(os.path.basename(path).removesuffix(".png"))
         assert data.folder("train").classes[label] == str(int(train_split.labels[i]))
         np.testing.assert_array_equal(np.asarray(Image.open(path)), train_split.images[i, 0].numpy())
+
+
+def test_a_gpus_batched_crops_match_the_cpus_per_image_ones_whatever_the_threads(tmp_path):
+    root = make_jpeg_folders(tmp_path / "tree", per_class=(10, 2))
+    train_batches, _ = cached_data(root, tmp_path / "cache", batch_size=8).loaders(CPU, 0, 1, seed=3)
+    train_batches.set_epoch(1)
+    per_image = [images for images, _ in train_batches]
+    train_batches.batched = True  # the GPU's way, here on the CPU
+    batched = [images for images, _ in train_batches]
+    assert len(per_image) == 2 and all(a.shape == b.shape == (8, 3, 16, 16) for a, b in zip(per_image, batched))
+    assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(per_image, batched, strict=True))  # rounding
+    rows = np.arange(8)
+    one = train_batches.host_crops(rows, train_batches.boxes(rows))
+    threaded, _ = cached_data(root, tmp_path / "cache", batch_size=8, num_workers=3).loaders(CPU, 0, 1, seed=3)
+    threaded.set_epoch(1)
+    three = threaded.host_crops(rows, threaded.boxes(rows))
+    boxes = train_batches.boxes(rows)
+    for b in rows:  # the padding is never read: compare the boxes
+        h, w = boxes.height[b], boxes.width[b]
+        np.testing.assert_array_equal(one[b, :h, :w], three[b, :h, :w])

@@ -65,7 +65,8 @@ def host_part(cached, epoch: int):
     """The cache's host work alone, batch by batch: (crops, sizes)."""
     cached.set_epoch(epoch)
     for index in cached.sampler:
-        yield cached.host_crops(index.numpy())
+        rows = index.numpy()
+        yield cached.host_crops(rows, cached.boxes(rows)), None
 
 
 def loader_speed(data: ImageFolderData, device: torch.device, seed: int, batches: int, rounds: int) -> dict:

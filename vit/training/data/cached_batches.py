@@ -1,13 +1,17 @@
 """Batches from a decoded cache: read from the memory map, moved as uint8, augmented on the device.
 
 Training: each image's RandomResizedCrop box and flip are drawn from (seed, epoch, index)
-(crop_boxes.py); the host copies only the boxes out of the memory map into one padded uint8
-batch, and the device resizes them all at once (resized_crop.py), then applies the policy.
+(crop_boxes.py). For a GPU the host copies only the boxes out of the memory map into one
+padded uint8 batch, and the GPU resizes them all at once (resized_crop.py); on a CPU each box
+is resized by torch's own kernel. Then the policy runs on the whole batch.
 Each process reads only the images of its own slice of the global batch.
 Validation: the stored images are already at their final size.
 """
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,9 +20,20 @@ from vit.training.data.augment import batch_generator
 from vit.training.data.batches import ShardedBatches
 from vit.training.data.crop_boxes import flips, image_uniforms, resized_crop_boxes
 from vit.training.data.decoded_cache import DecodedSplit
-from vit.training.data.resized_crop import resize_crops
+from vit.training.data.resized_crop import resize_crops, resize_each
 from vit.training.data.trivial_augment import draw, trivial_augment
 from vit.training.seeds import seed_for
+
+
+@dataclass
+class Boxes:
+    """One batch's crop boxes (int64 arrays) and flips (bool)."""
+
+    top: np.ndarray
+    left: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    mirror: np.ndarray
 
 
 class CachedBatches:
@@ -33,9 +48,13 @@ class CachedBatches:
         scale: tuple[float, float] = (0.08, 1.0),
         flip: bool = True,
         policy: str = "none",
+        threads: int = 0,
     ):
         self.split, self.device, self.sampler, self.img_size = split, device, sampler, img_size
         self.scale, self.flip, self.policy = tuple(scale), flip, policy
+        self.threads = max(1, threads)
+        self.batched = device.type != "cpu"  # one padded batch and two matrix products (a GPU's way)
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="crops") if threads > 1 else None
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.sampler.set_epoch(epoch, start)
@@ -60,9 +79,14 @@ class CachedBatches:
         return self.to_device(batch).permute(0, 3, 1, 2).contiguous()
 
     def augmented(self, rows: np.ndarray, step: int) -> torch.Tensor:
-        crops, sizes = self.host_crops(rows)
-        sizes = self.to_device(sizes)
-        images = resize_crops(self.to_device(crops), sizes[0], sizes[1], self.img_size, sizes[2].bool())
+        boxes = self.boxes(rows)
+        if self.batched:
+            crops = self.host_crops(rows, boxes)
+            sizes = self.to_device(np.stack([boxes.height, boxes.width, boxes.mirror]).astype(np.int64))
+            images = resize_crops(self.to_device(crops), sizes[0], sizes[1], self.img_size, sizes[2].bool())
+        else:  # a CPU: torch's own kernel per image, with no padding and no dense weights
+            crops = [torch.from_numpy(self.box(i, boxes, b)) for b, i in enumerate(rows)]
+            images = resize_each(crops, self.img_size, boxes.mirror.tolist())
         if self.policy == "trivialaugment":
             s = self.sampler
             generator = batch_generator(self.device, s.seed, s.epoch, step)
@@ -70,17 +94,30 @@ class CachedBatches:
             images = trivial_augment(images, *draw(generator, host, s.global_batch, s.rank * s.local_batch, len(rows)))
         return images
 
-    def host_crops(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The host's part: each image's box copied out of the memory map into one padded
-        uint8 batch (B, H, W, C), and (3, B) int64 of box heights, widths and flips."""
-        s, split = self.sampler, self.split
+    def boxes(self, rows: np.ndarray) -> Boxes:
+        """Each image's RandomResizedCrop box and flip, from (seed, epoch, index)."""
+        s, index = self.sampler, self.split.index
         draws = image_uniforms(s.seed, s.epoch, rows)
-        top, left, height, width = resized_crop_boxes(split.index[rows, 1], split.index[rows, 2], draws, self.scale)
-        crops = self.pinned((len(rows), height.max(), width.max(), split.channels))
-        for b, i in enumerate(rows):
-            box = split.image(i)[top[b] : top[b] + height[b], left[b] : left[b] + width[b]]
-            crops[b, : height[b], : width[b]] = box
-        return crops, np.stack([height, width, flips(draws) & self.flip]).astype(np.int64)
+        return Boxes(*resized_crop_boxes(index[rows, 1], index[rows, 2], draws, self.scale), flips(draws) & self.flip)
+
+    def box(self, i: int, boxes: Boxes, b: int) -> np.ndarray:
+        """A copy of image i's box (height, width, channels), out of the memory map."""
+        top, left = boxes.top[b], boxes.left[b]
+        return np.array(self.split.image(i)[top : top + boxes.height[b], left : left + boxes.width[b]])
+
+    def host_crops(self, rows: np.ndarray, boxes: Boxes) -> np.ndarray:
+        """What the host does for a GPU: each box copied out of the memory map into one padded
+        uint8 batch (B, H, W, C), by `threads` threads (numpy copies run without the GIL)."""
+        crops = self.pinned((len(rows), boxes.height.max(), boxes.width.max(), self.split.channels))
+
+        def copy(part: range) -> None:
+            for b in part:
+                top, left, h, w = boxes.top[b], boxes.left[b], boxes.height[b], boxes.width[b]
+                crops[b, :h, :w] = self.split.image(rows[b])[top : top + h, left : left + w]
+
+        parts = [range(k, len(rows), self.threads) for k in range(self.threads)]
+        list(self.pool.map(copy, parts)) if self.pool else copy(range(len(rows)))
+        return crops
 
     def pinned(self, shape: tuple[int, ...]) -> np.ndarray:
         """A host buffer (uninitialised: outside each box the resize weights are zero)."""

@@ -148,7 +148,8 @@ class ImageFolderData(DataSource):
                 folders.samples, Path(folders.root), folders.classes, specs[split], self.cache_dir, self.num_workers
             )
             sampler = ShardedBatches(len(cache), self.batch_size, rank, world, seed, train=split == "train")
-            loaders.append(CachedBatches(cache, device, sampler, self.img_size, self.scale, self.flip, self.policy))
+            args = (cache, device, sampler, self.img_size, self.scale, self.flip, self.policy, self.num_workers)
+            loaders.append(CachedBatches(*args))
         return tuple(loaders)
 
 

@@ -1,11 +1,12 @@
 """Resize a batch of crops of different sizes to one size, on the training device.
 
-Each crop sits in the top-left corner of a padded uint8 batch (B, H, W, C); its own height
-and width say how much of that is image. Resizing is linear and separable, so each image
-becomes two small matrices, rows (out, H) and columns (out, W), holding the weights of
-torch's antialiased bilinear resize (`F.interpolate(..., antialias=True)`, the kernel behind
-torchvision's `resized_crop` on tensors): the whole batch is then two batched matrix
-products, with no per-image Python. A mirrored image is its column matrix reversed.
+On a GPU (`resize_crops`), each crop sits in the top-left corner of a padded uint8 batch
+(B, H, W, C); its own height and width say how much of that is image. Resizing is linear and
+separable, so each image becomes two small matrices, rows (out, H) and columns (out, W),
+holding the weights of torch's antialiased bilinear resize (`F.interpolate(...,
+antialias=True)`, the kernel behind torchvision's `resized_crop` on tensors): the whole batch
+is then two batched matrix products, with no per-image Python. A mirrored image is its column
+matrix reversed. On a CPU (`resize_each`), that kernel itself, once per image.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -48,6 +50,17 @@ def resize_to_float(crops: Tensor, heights: Tensor, widths: Tensor, out: int, mi
     images = crops.permute(0, 3, 1, 2).float()  # (B, C, H, W)
     with exact_matmul(crops.device):
         return rows[:, None] @ images @ cols[:, None].transpose(-1, -2)
+
+
+def resize_each(crops: list[Tensor], out: int, mirror: list[bool]) -> Tensor:
+    """uint8 (H, W, C) crops of any sizes -> uint8 (B, C, out, out), one call of torch's
+    antialiased bilinear kernel per image (its vectorised uint8 path): on a CPU, where the
+    batched matrices would spend most of their work on the zeros around each filter's band."""
+    resized = [
+        F.interpolate(crop.permute(2, 0, 1)[None], size=(out, out), mode="bilinear", antialias=True)[0]
+        for crop in crops
+    ]
+    return torch.stack([image.flip(-1) if m else image for image, m in zip(resized, mirror, strict=True)])
 
 
 @contextlib.contextmanager
