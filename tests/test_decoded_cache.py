@@ -347,7 +347,9 @@ def test_a_gpus_batched_crops_match_the_cpus_per_image_ones_whatever_the_threads
     per_image = [images for images, _ in train_batches]
     train_batches.batched = True  # the GPU's way, here on the CPU
     batched = [images for images, _ in train_batches]
-    assert len(per_image) == 2 and all(a.shape == b.shape == (8, 3, 16, 16) for a, b in zip(per_image, batched))
+    assert len(per_image) == 2 and all(
+        a.shape == b.shape == (8, 3, 16, 16) for a, b in zip(per_image, batched, strict=True)
+    )
     assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(per_image, batched, strict=True))  # rounding
     rows = np.arange(8)
     one = train_batches.host_crops(rows, train_batches.boxes(rows))
