@@ -359,4 +359,18 @@ def test_a_gpus_batched_crops_match_the_cpus_per_image_ones_whatever_the_threads
     boxes = train_batches.boxes(rows)
     for b in rows:  # the padding is never read: compare the boxes
         h, w = boxes.height[b], boxes.width[b]
-        np.testing.assert_array_equal(one[b, :h, :w], three[b, :h, :w])
+        assert torch.equal(one[b, :h, :w], three[b, :h, :w])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_gpus_crops_match_the_cpus(tmp_path):
+    root = make_jpeg_folders(tmp_path / "tree", per_class=(10, 2))
+    data = cached_data(root, tmp_path / "cache", batch_size=8, num_workers=2, policy="trivialaugment")
+    on_cpu, _ = data.loaders(CPU, 0, 1, seed=3)
+    on_gpu, _ = data.loaders(torch.device("cuda"), 0, 1, seed=3)
+    for batches in (on_cpu, on_gpu):
+        batches.set_epoch(1)
+    for (a, labels_a), (b, labels_b) in zip(on_cpu, on_gpu, strict=True):
+        assert b.device.type == "cuda" and torch.equal(labels_a, labels_b.cpu())
+        assert a.shape == b.shape and (a.int() - b.cpu().int()).abs().max() <= 1

@@ -105,10 +105,15 @@ class CachedBatches:
         top, left = boxes.top[b], boxes.left[b]
         return np.array(self.split.image(i)[top : top + boxes.height[b], left : left + boxes.width[b]])
 
-    def host_crops(self, rows: np.ndarray, boxes: Boxes) -> np.ndarray:
+    def host_crops(self, rows: np.ndarray, boxes: Boxes) -> torch.Tensor:
         """What the host does for a GPU: each box copied out of the memory map into one padded
-        uint8 batch (B, H, W, C), by `threads` threads (numpy copies run without the GIL)."""
-        crops = self.pinned((len(rows), boxes.height.max(), boxes.width.max(), self.split.channels))
+        uint8 batch (B, H, W, C), by `threads` threads (numpy copies run without the GIL).
+        Uninitialised around the boxes: the resize gives those pixels weight zero."""
+        shape = (len(rows), boxes.height.max(), boxes.width.max(), self.split.channels)
+        # the tensor itself travels to the GPU: its pinned block then stays reserved until the
+        # copy is done (a numpy view made into a new tensor would not tell the allocator)
+        batch = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
+        crops = batch.numpy()
 
         def copy(part: range) -> None:
             for b in part:
@@ -117,16 +122,11 @@ class CachedBatches:
 
         parts = [range(k, len(rows), self.threads) for k in range(self.threads)]
         list(self.pool.map(copy, parts)) if self.pool else copy(range(len(rows)))
-        return crops
+        return batch
 
-    def pinned(self, shape: tuple[int, ...]) -> np.ndarray:
-        """A host buffer (uninitialised: outside each box the resize weights are zero)."""
-        tensor = torch.empty(shape, dtype=torch.uint8, pin_memory=self.device.type == "cuda")
-        return tensor.numpy()
-
-    def to_device(self, array: np.ndarray) -> torch.Tensor:
+    def to_device(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Pinned first on a GPU: a copy from pageable memory would wait for the queued kernels."""
-        tensor = torch.from_numpy(array)
+        tensor = torch.from_numpy(array) if isinstance(array, np.ndarray) else array
         if self.device.type == "cuda" and not tensor.is_pinned():
             tensor = tensor.pin_memory()
         return tensor.to(self.device, non_blocking=True)
