@@ -374,3 +374,27 @@ def test_the_gpus_crops_match_the_cpus(tmp_path):
     for (a, labels_a), (b, labels_b) in zip(on_cpu, on_gpu, strict=True):
         assert b.device.type == "cuda" and torch.equal(labels_a, labels_b.cpu())
         assert a.shape == b.shape and (a.int() - b.cpu().int()).abs().max() <= 1
+
+
+def test_batches_made_ahead_come_in_order_raise_errors_and_stop_when_left():
+    from vit.training.data.prefetch import ahead
+
+    assert list(ahead(range(10))) == list(range(10))
+
+    def broken():
+        yield 1
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        list(ahead(broken()))
+    made = []
+
+    def counted():
+        for i in range(1000):
+            made.append(i)
+            yield i
+
+    for i in ahead(counted(), depth=2):
+        if i == 3:
+            break
+    assert len(made) < 10  # the thread stopped, a few batches ahead at most

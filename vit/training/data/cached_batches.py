@@ -20,6 +20,7 @@ from vit.training.data.augment import batch_generator
 from vit.training.data.batches import ShardedBatches
 from vit.training.data.crop_boxes import flips, image_uniforms, resized_crop_boxes
 from vit.training.data.decoded_cache import DecodedSplit
+from vit.training.data.prefetch import ahead
 from vit.training.data.resized_crop import resize_crops, resize_each
 from vit.training.data.trivial_augment import draw, trivial_augment
 from vit.training.seeds import seed_for
@@ -68,10 +69,14 @@ class CachedBatches:
 
     def __iter__(self):
         s = self.sampler
-        for step, index in enumerate(s, start=s.start if s.train else 0):
-            rows = index.numpy()
-            images = self.augmented(rows, step) if s.train else self.stored(rows)
-            yield images, self.to_device(self.split.labels[rows])
+        batches = (self.batch(step, index.numpy()) for step, index in enumerate(s, start=s.start if s.train else 0))
+        # training: the next batches are cut and resized while the step runs (on a CPU that
+        # hides their cost; on a GPU the host's copies)
+        return ahead(batches) if s.train else batches
+
+    def batch(self, step: int, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        images = self.augmented(rows, step) if self.sampler.train else self.stored(rows)
+        return images, self.to_device(self.split.labels[rows])
 
     def stored(self, rows: np.ndarray) -> torch.Tensor:
         """Validation images as stored: (B, C, S, S)."""

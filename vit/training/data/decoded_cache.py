@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -27,6 +28,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from vit.training.data import DataError
 
 FORMAT = 1
 CHUNK = 256  # images per unit of building, resuming and checking
@@ -110,6 +113,11 @@ def build_lock(folder: Path):
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if multiprocessing.parent_process() is not None:  # the builder's own loading process
+                raise DataError(
+                    "the decoded cache's loading processes import the main script again: put its code under "
+                    "`if __name__ == '__main__':`"
+                ) from None
             log.info(f"decoded cache {folder}: another process is building it; waiting")
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
