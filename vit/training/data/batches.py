@@ -68,3 +68,15 @@ class ShardedBatches:
         else:
             shard = torch.arange(self.rank, self.num_samples, self.world, device=self.device)
             yield from shard.split(self.local_batch)
+
+
+class SampledBatches:
+    """What loaders driven by a ShardedBatches `sampler` share: resumable at a batch."""
+
+    sampler: ShardedBatches
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

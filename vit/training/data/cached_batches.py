@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from vit.training.data.augment import batch_generator
-from vit.training.data.batches import ShardedBatches
+from vit.training.data.batches import SampledBatches, ShardedBatches
 from vit.training.data.crop_boxes import flips, image_uniforms, resized_crop_boxes
 from vit.training.data.decoded_cache import DecodedSplit
 from vit.training.data.prefetch import ahead
@@ -37,7 +37,7 @@ class Boxes:
     mirror: np.ndarray
 
 
-class CachedBatches:
+class CachedBatches(SampledBatches):
     """(uint8 images, labels) on the device from a decoded cache; `train` augments."""
 
     def __init__(
@@ -56,12 +56,6 @@ class CachedBatches:
         self.threads = max(1, threads)
         self.batched = device.type != "cpu"  # one padded batch and two matrix products (a GPU's way)
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="crops") if threads > 1 else None
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     @property
     def num_samples(self) -> int:

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vit.errors import ConfigError
 from vit.training.data.augment import batch_generator, random_crop_flip
-from vit.training.data.batches import ShardedBatches
+from vit.training.data.batches import SampledBatches, ShardedBatches
 from vit.training.data.source import DataSource
 from vit.training.data.trivial_augment import draw, trivial_augment
 from vit.training.seeds import seed_for
@@ -52,7 +52,7 @@ class InMemoryData(DataSource):
         )
 
 
-class TensorBatches:
+class TensorBatches(SampledBatches):
     """Batches (uint8 images, labels) on the device, augmented there for training."""
 
     def __init__(
@@ -60,12 +60,6 @@ class TensorBatches:
     ):
         self.images, self.labels = split.images.to(device), split.labels.to(device)
         self.sampler, self.augment, self.device = sampler, augment, device
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.sampler.set_epoch(epoch, start)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
 
     @property
     def num_samples(self) -> int:
