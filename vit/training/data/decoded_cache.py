@@ -97,11 +97,11 @@ def open_cache(
     folder = cache_folder(Path(cache_dir), split_root, classes, spec.mode)
     with build_lock(folder):  # one builder per cache; the other processes wait, then read it
         wanted = fingerprint(samples, split_root, classes, spec)
-        reason = why_stale(folder, wanted)
-        if reason is None:
-            return read(folder)
-        if reason != "absent":
-            log.info(f"decoded cache {folder}: {reason}; rebuilding")
+        opened = open_if_whole(folder, wanted)
+        if isinstance(opened, DecodedSplit):
+            return opened
+        if opened != "absent":
+            log.info(f"decoded cache {folder}: {opened}; rebuilding")
         build(folder, wanted, samples, spec, workers)
         return read(folder)
 
@@ -123,8 +123,8 @@ def build_lock(folder: Path):
         yield
 
 
-def why_stale(folder: Path, wanted: dict) -> str | None:
-    """None when the cache in `folder` is whole and built from `wanted`, else the reason."""
+def open_if_whole(folder: Path, wanted: dict) -> DecodedSplit | str:
+    """The cache in `folder`, opened, when it is whole and built from `wanted`; else why not."""
     if not folder.exists():
         return "absent"
     try:
@@ -135,7 +135,11 @@ def why_stale(folder: Path, wanted: dict) -> str | None:
     change = describe_change(built, wanted)
     if change:
         return change
-    return damage(folder, manifest)
+    try:
+        split = read(folder, manifest)
+    except (OSError, ValueError) as e:
+        return f"damaged ({e})"
+    return damage(split, manifest) or split
 
 
 def describe_change(built: dict, wanted: dict) -> str | None:
@@ -156,14 +160,9 @@ def describe_change(built: dict, wanted: dict) -> str | None:
     return None
 
 
-def damage(folder: Path, manifest: dict) -> str | None:
-    """A missing or cut file, an index that does not fit, or a sampled chunk whose bytes changed."""
-    try:
-        index = np.load(folder / "index.npy")
-        labels = np.load(folder / "labels.npy")
-        size = (folder / "pixels.u8").stat().st_size
-    except (OSError, ValueError) as e:
-        return f"damaged ({e})"
+def damage(split: DecodedSplit, manifest: dict) -> str | None:
+    """A cut file, an index that does not fit, or a sampled chunk whose bytes changed."""
+    index, labels, pixels, size = split.index, split.labels, split.pixels, split.pixels.size
     count, channels, total = len(manifest["fingerprint"]["files"]), manifest["channels"], manifest["bytes"]
     if size != total:
         return f"damaged (pixels.u8 has {size} bytes, {total} expected)"
@@ -172,7 +171,6 @@ def damage(folder: Path, manifest: dict) -> str | None:
     ends = index[:, 0] + index[:, 1] * index[:, 2] * channels
     if count and (index[0, 0] != 0 or ends[-1] != total or (index[1:, 0] != ends[:-1]).any()):
         return "damaged (index.npy does not tile pixels.u8)"
-    pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r") if total else np.zeros(0, np.uint8)
     digests = manifest["chunk_digests"]
     for c in sampled_chunks(len(digests)):
         if chunk_digest(pixels, index, channels, c) != digests[c]:
@@ -193,9 +191,9 @@ def chunk_digest(pixels: np.ndarray, index: np.ndarray, channels: int, chunk: in
     return hashlib.blake2b(pixels[start : offset + h * w * channels], digest_size=16).hexdigest()
 
 
-def read(folder: Path) -> DecodedSplit:
-    manifest = json.loads((folder / "manifest.json").read_text())
-    total = manifest["bytes"]
-    pixels = np.memmap(folder / "pixels.u8", dtype=np.uint8, mode="r") if total else np.zeros(0, np.uint8)
+def read(folder: Path, manifest: dict | None = None) -> DecodedSplit:
+    manifest = manifest or json.loads((folder / "manifest.json").read_text())
+    path = folder / "pixels.u8"
+    pixels = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
     index, labels = np.load(folder / "index.npy"), np.load(folder / "labels.npy")
     return DecodedSplit(folder, pixels, index, labels, manifest["channels"])
