@@ -14,7 +14,7 @@ import pytest
 import torch
 from benchmark_report import expected_variants
 
-from conftest import CUDA
+from conftest import CUDA, tiny_vit
 from data_files import make_cifar10_archive
 from vit.studies.benchmark import peak_tflops
 from vit.studies.evaluation import evaluate_checkpoint
@@ -66,6 +66,14 @@ def test_cifar_run_on_the_gpu_compiled_in_bf16_and_evaluated_on_the_cpu(tmp_path
     assert all(t.device.type == "cpu" for t in state["model"].values())
     result = evaluate_checkpoint(out / "checkpoints" / "last.pt", resolutions=[], device="cpu")
     assert result["acc1"] == pytest.approx(summary["final_val_acc1"], abs=100 * 3 / 16)  # fp32 vs bf16: a few images
+
+
+def test_the_conv_tokenizer_compiles_into_the_one_graph_on_the_gpu():
+    # on a CPU it runs outside the graph (tests/test_model.py); on CUDA inductor's max-pool is its own
+    torch._dynamo.reset()
+    model = tiny_vit("conv_tokenizer", "gap").cuda()
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16, device="cuda"))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 def test_wait_clock_reads_the_gpu_timeline():

@@ -167,11 +167,13 @@ COMPILE_CASES = sorted(  # seq differs from gap only in the head: one patch embe
 @pytest.mark.parametrize("patch_embed,pool,scheme", COMPILE_CASES)
 def test_torch_compile_sees_one_graph_without_breaks(patch_embed, pool, scheme):
     # a graph break splits the compiled step and costs speed on a GPU; the positional hooks
-    # (partials and closures handed to every block) must trace straight through
+    # (partials and closures handed to every block) must trace straight through. The one break
+    # on purpose: on a CPU the CCT tokenizer runs outside the graph (compiled max-pool is slow)
     torch._dynamo.reset()
     model = tiny_vit(patch_embed, pool, scheme, drop_path_rate=0.1)  # training mode, drop path on
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 16, 16))
-    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    expected = (2, 1) if patch_embed == "conv_tokenizer" else (1, 0)
+    assert (explained.graph_count, explained.graph_break_count) == expected, explained.break_reasons
 
 
 @pytest.mark.parametrize("scheme", list(SCHEMES))
