@@ -16,7 +16,7 @@ from data_files import make_cifar10_archive, make_class_folders, make_fashion_mn
 from vit.errors import ConfigError
 from vit.registry import CONFIGS
 from vit.training.data import DataError, fashion_mnist
-from vit.training.data.augment import batch_generator, random_crop_flip
+from vit.training.data.augment import batch_generator, normalize, random_crop_flip
 from vit.training.data.batches import ShardedBatches, epoch_order
 from vit.training.data.cifar import Cifar
 from vit.training.data.digits import Digits
@@ -53,6 +53,18 @@ def test_an_epoch_restarts_at_a_batch_and_epochs_differ():
 def test_evaluation_shards_cover_every_sample_once():
     shards = [torch.cat(list(ShardedBatches(103, 9, r, 3, seed=0, train=False))) for r in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(103))
+
+
+def test_normalize_scales_and_standardises_per_channel_and_leaves_its_input_alone():
+    images = torch.tensor([[0, 51], [255, 51]], dtype=torch.uint8).expand(2, 3, 2, 2).contiguous()
+    mean, std = torch.tensor([0.2, 0.5, 1.0]), torch.tensor([0.5, 0.25, 2.0])
+    out = normalize(images, mean, std)
+    expected = (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    assert out.dtype == torch.float32 and torch.equal(out, expected)  # the formula, to the bit
+    assert torch.allclose(out[0, :, 1, 0], (1.0 - mean) / std)  # 255: 1 after scaling, per channel
+    floats = images.float()
+    normalize(floats, mean, std)  # it works on a copy: a float batch is not changed under its caller
+    assert torch.equal(floats, images.float())
 
 
 def test_batches_are_cut_on_the_device_they_will_be_used_on():

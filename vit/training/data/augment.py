@@ -41,4 +41,7 @@ def random_crop_flip(
 
 def normalize(images: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """uint8 (B, C, H, W) -> float, scaled to [0, 1] then standardised per channel."""
-    return (images.float() / 255 - mean[:, None, None]) / std[:, None, None]
+    # in place on one new float copy: the same operations in the same order (the same bits) as
+    # out of place, without three more full-size temporaries (3% of a 64 px CPU step before)
+    x = images.to(torch.float32, copy=True)
+    return x.div_(255).sub_(mean[:, None, None]).div_(std[:, None, None])
