@@ -13,7 +13,7 @@ import torch
 from conftest import DEVICES, tiny_vit
 from runs import train
 from vit.cli import compose
-from vit.studies import ablation
+from vit.studies import ablation, report
 from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
 from vit.studies.evaluation import evaluate_checkpoint
 
@@ -260,3 +260,24 @@ def test_the_shuffle_moves_tokens_so_a_tokenizer_keeps_them_whole():
         shuffled = tokenizer(images)
     torch.testing.assert_close(shuffled, tokenizer(images).detach(), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(tokenizer(shuffle_patches(images, 4, torch.Generator().manual_seed(0))), shuffled)
+
+
+def test_the_curves_plot_only_the_epochs_that_were_evaluated(tmp_path, monkeypatch):
+    def history(accs):  # trainer.eval_every=2 over 3 epochs: the 2nd and the last scored
+        return [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "val_acc1": accs[0]}, {"epoch": 3, "val_acc1": accs[1]}]
+
+    runs = [
+        ablation.Run({"seed": str(seed)}, tmp_path / str(seed), "finished", history=history(accs))
+        for seed, accs in enumerate([(50.0, 60.0), (54.0, 70.0)])
+    ]
+    plotted = []
+
+    def keep_lines(fig, ax, path, **labels):
+        plotted.extend(ax.get_lines())
+        report.plt.close(fig)
+
+    monkeypatch.setattr(report, "save_axes", keep_lines)
+    report.plot_curves(runs, tmp_path / "curves.png")
+    (line,) = plotted
+    assert list(line.get_xdata()) == [2, 3]
+    assert list(line.get_ydata()) == pytest.approx([52.0, 65.0])

@@ -87,6 +87,25 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last["step"]
 
 
+def test_evaluating_every_second_epoch_scores_and_keeps_the_best_of_those_and_the_last(tmp_path):
+    run = tmp_path / "run"
+    summary = train(run, "experiment=digits", "trainer.epochs=3", "trainer.eval_every=2", *TINY)
+
+    records = metrics(run)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert ["val_acc1" in r for r in records] == [False, True, True]  # the 2nd, and the last
+    assert {"train_loss", "lr", "images_per_sec", "epoch_s"} <= records[0].keys()
+    assert summary["best_val_acc1"] == max(records[1]["val_acc1"], records[2]["val_acc1"])
+    assert summary["final_val_acc1"] == records[2]["val_acc1"]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == max(records[1:], key=lambda r: r["val_acc1"])["epoch"]
+
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/acc1")] == [records[1]["step"], records[2]["step"]]
+    assert len(events.Scalars("time/epoch_s")) == 3
+
+
 def test_probe_run(tmp_path):
     summary = train(tmp_path / "run", *PROBE)
     assert summary["data"] == "probe" and 0 <= summary["final_val_acc1"] <= 100
@@ -447,6 +466,7 @@ def test_diverging_loss_stops_naming_the_step(tmp_path):
         (["data=cifar10", "data.policy=autoaugment"], ConfigError, "policy must be one of none, trivialaugment"),
         (["experiment=probe", "model.embed_dim=30"], ConfigError, "embed_dim 30 is not divisible"),
         (["experiment=probe", "trainer.precision=fp8"], ConfigError, "trainer.precision must be"),
+        (["experiment=probe", "trainer.eval_every=0"], ConfigError, "trainer.eval_every must be"),
     ],
 )
 def test_bad_input_raises_one_line(tmp_path, overrides, error, message):

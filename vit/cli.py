@@ -114,6 +114,11 @@ def check_precision(name: str) -> None:
         raise ConfigError(f"trainer.precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {name!r}")
 
 
+def check_eval_every(every) -> None:
+    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+        raise ConfigError(f"trainer.eval_every must be a whole number of epochs >= 1, got {every!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """What is wrong with a training config whatever the machine, found without torch:
     model sizes that cannot fit together, a missing value, an unknown precision.
@@ -130,6 +135,7 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(str(e).splitlines()[0]) from None
     if "trainer" in cfg:
         check_precision(cfg.trainer.precision)
+        check_eval_every(cfg.trainer.get("eval_every", 1))
     warmup = cfg.get("optim", {}).get("warmup_epochs", 0)
     if warmup != "auto" and (not isinstance(warmup, (int, float)) or isinstance(warmup, bool) or warmup < 0):
         raise ConfigError(f"optim.warmup_epochs must be auto or a number of epochs >= 0, got {warmup!r}")

@@ -42,8 +42,9 @@ def plot_curves(runs: list[Run], path: Path) -> None:
     """Validation accuracy against epoch: the mean over seeds, with a band from min to max."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, group in by_label(runs).items():
-        acc = torch.tensor([[r["val_acc1"] for r in run.history] for run in group])
-        epochs = range(1, acc.shape[1] + 1)
+        scored = [[r for r in run.history if "val_acc1" in r] for run in group]  # trainer.eval_every
+        acc = torch.tensor([[r["val_acc1"] for r in records] for records in scored])
+        epochs = [r["epoch"] for r in scored[0]]
         line = ax.plot(epochs, acc.mean(0), label=f"{label} (n={len(group)})")[0]
         if len(group) > 1:
             ax.fill_between(epochs, acc.min(0).values, acc.max(0).values, color=line.get_color(), alpha=0.2)

@@ -15,10 +15,11 @@ class Progress:
     epoch_loss_sum: float = 0.0  # the unfinished epoch: its summed training loss so far,
     epoch_train_s: float = 0.0  # and its training time so far
 
-    def finish_epoch(self, val_acc1: float) -> bool:
-        """Count the epoch as done; True when it is the best so far."""
-        is_best = val_acc1 > self.best_val_acc1
-        self.best_val_acc1 = max(self.best_val_acc1, val_acc1)
+    def finish_epoch(self, val_acc1: float | None) -> bool:
+        """Count the epoch as done; True when it is the best so far (None: not evaluated)."""
+        is_best = val_acc1 is not None and val_acc1 > self.best_val_acc1
+        if is_best:
+            self.best_val_acc1 = val_acc1
         self.epoch += 1
         self.batch_in_epoch, self.epoch_loss_sum, self.epoch_train_s = 0, 0.0, 0.0
         return is_best

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vit.cli import build_model, instantiate_group, with_class_count
+from vit.cli import build_model, check_eval_every, instantiate_group, with_class_count
 from vit.errors import ConfigError, TrainingError
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -163,6 +163,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
     device = choose_device(cfg.trainer.device)
     amp_dtype = precision.choose_precision(cfg.trainer.precision, device)
     precision.allow_tf32()
+    check_eval_every(cfg.trainer.get("eval_every", 1))
 
     data = instantiate_group(cfg, "data")
     train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
@@ -415,33 +416,44 @@ def save_and_stop(run: Run, progress: Progress) -> None:
 
 
 def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog) -> dict:
-    """Evaluate, count the epoch, save best.pt and last.pt, log. Returns the epoch's record."""
+    """Evaluate (every trainer.eval_every epochs and at the last), count the epoch, save
+    best.pt and last.pt, log. Returns the epoch's record."""
     train_s = progress.epoch_train_s + epoch.session_s
     world, steps, batch = run.procs.world, run.steps_per_epoch, run.data.batch_size
-    # the eager model: a compiled one would recompile for eval mode and the short last batch
-    val = evaluate(run.model, run.val_batches, run.mean, run.std, run.autocast)
     record = {
         "epoch": progress.epoch + 1,
         "step": progress.step,
         "train_loss": distributed.all_reduce_sum(epoch.loss_sum.clone()).item() / (world * steps),
-        "val_loss": val["loss"],
-        "val_acc1": val["acc1"],
-        "val_acc5": val["acc5"],
         "lr": run.scheduler.get_last_lr()[0],
         "images_per_sec": steady_images_per_sec(steps, batch, train_s, epoch.first_step_s),
         "first_step_s": epoch.first_step_s,
         "data_wait_frac": epoch.wait_s / epoch.session_s,
     }
-    if run.ema is not None:
-        ema = evaluate(run.ema.module, run.val_batches, run.mean, run.std, run.autocast)
-        record.update(ema_val_loss=ema["loss"], ema_val_acc1=ema["acc1"], ema_val_acc5=ema["acc5"])
+    if evaluated(record["epoch"], run.cfg.trainer):
+        record.update(validation(run))
     record["epoch_s"] = time.time() - epoch.started
-    is_best = progress.finish_epoch(record["val_acc1"])
+    is_best = progress.finish_epoch(record.get("val_acc1"))
     state = checkpoint_state(run, progress)
     if run.procs.is_main:  # best first: should last.pt then fail, a resume redoes this epoch, logged once
         save_checkpoint(state, run.checkpoints, is_best)
     log_epoch(run, record, runlog)
     return record
+
+
+def evaluated(epoch: int, trainer_cfg) -> bool:
+    """Whether epoch (1-based) ends with an evaluation: every eval_every-th one, and the last."""
+    return epoch % trainer_cfg.get("eval_every", 1) == 0 or epoch >= trainer_cfg.epochs
+
+
+def validation(run: Run) -> dict[str, float]:
+    """The record's validation keys: the model's, and the EMA's when there is one."""
+    # the eager model: a compiled one would recompile for eval mode and the short last batch
+    val = evaluate(run.model, run.val_batches, run.mean, run.std, run.autocast)
+    out = {"val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"]}
+    if run.ema is not None:
+        ema = evaluate(run.ema.module, run.val_batches, run.mean, run.std, run.autocast)
+        out.update(ema_val_loss=ema["loss"], ema_val_acc1=ema["acc1"], ema_val_acc5=ema["acc5"])
+    return out
 
 
 @torch.no_grad()
@@ -463,16 +475,14 @@ def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
 def log_epoch(run: Run, record: dict, runlog: RunLog) -> None:
     """metrics.jsonl, TensorBoard (and the positional table's similarity figure), the console."""
     runlog.epoch(record)
-    ema = {"val_ema/acc1": record["ema_val_acc1"]} if "ema_val_acc1" in record else {}
+    names = {"val_loss": "val/loss", "val_acc1": "val/acc1", "val_acc5": "val/acc5", "ema_val_acc1": "val_ema/acc1"}
     scalars = {
-        "val/loss": record["val_loss"],
-        "val/acc1": record["val_acc1"],
-        "val/acc5": record["val_acc5"],
+        **{tag: record[key] for key, tag in names.items() if key in record},  # epochs without evaluation: none
         "train/images_per_sec": record["images_per_sec"],
         "train/data_wait_frac": record["data_wait_frac"],
         "time/epoch_s": record["epoch_s"],
     }
-    runlog.scalars({**scalars, **ema}, record["step"])
+    runlog.scalars(scalars, record["step"])
     epoch, tc = record["epoch"], run.cfg.trainer
     if run.procs.is_main and (epoch % tc.pos_image_every == 0 or epoch == tc.epochs):
         grid = run.model.grid_for(*run.model.img_size)
@@ -481,10 +491,15 @@ def log_epoch(run: Run, record: dict, runlog: RunLog) -> None:
             from vit.studies.figures import similarity_figure  # matplotlib, only for the schemes with a table
 
             runlog.figure("pos_embed/similarity", similarity_figure(table, grid), record["step"])
+    val = (
+        f"val loss {record['val_loss']:.4f}  acc1 {record['val_acc1']:.2f}  acc5 {record['val_acc5']:.2f}"
+        if "val_acc1" in record
+        else f"(evaluated every {tc.eval_every} epochs)"
+    )
     log.info(
-        f"epoch {epoch}/{tc.epochs}  train loss {record['train_loss']:.4f}  val loss {record['val_loss']:.4f}  "
-        f"acc1 {record['val_acc1']:.2f}  acc5 {record['val_acc5']:.2f}  {record['images_per_sec']:.0f} img/s  "
-        f"{record['epoch_s']:.1f}s" + (f" (first step {record['first_step_s']:.1f}s)" if record["first_step_s"] else "")
+        f"epoch {epoch}/{tc.epochs}  train loss {record['train_loss']:.4f}  {val}  "
+        f"{record['images_per_sec']:.0f} img/s  {record['epoch_s']:.1f}s"
+        + (f" (first step {record['first_step_s']:.1f}s)" if record["first_step_s"] else "")
     )
 
 
@@ -506,10 +521,11 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
     per_epoch = run.steps_per_epoch * run.data.batch_size
     train_seconds = sum(per_epoch / r["images_per_sec"] for r in history)
     cfg = run.cfg
+    scored = [r for r in history if "val_acc1" in r]  # the last epoch always is
     summary = {
-        "best_val_acc1": max(r["val_acc1"] for r in history),
-        "final_val_acc1": history[-1]["val_acc1"],
-        "final_val_acc5": history[-1]["val_acc5"],
+        "best_val_acc1": max(r["val_acc1"] for r in scored),
+        "final_val_acc1": scored[-1]["val_acc1"],
+        "final_val_acc5": scored[-1]["val_acc5"],
         "params": sum(p.numel() for p in run.model.parameters()),
         "train_images_per_sec": len(history) * per_epoch / train_seconds,  # steady: first steps apart
         "first_step_s": sum(r.get("first_step_s", 0.0) for r in history),  # every session's, compiling included
@@ -524,8 +540,8 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         "world_size": run.procs.world,
     }
     if run.ema is not None:
-        summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in history)
-        summary["final_ema_val_acc1"] = history[-1]["ema_val_acc1"]
+        summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in scored)
+        summary["final_ema_val_acc1"] = scored[-1]["ema_val_acc1"]
     runlog.finish(summary, cfg, progress.step)
     log.info(
         f"done: best val acc1 {summary['best_val_acc1']:.2f}, final {summary['final_val_acc1']:.2f}, "
