@@ -75,6 +75,9 @@ def test_conv_tokenizer_halves_the_grid_per_stage_and_normalises_when_asked():
     kinds = [type(m).__name__ for m in normed.tokenizer]
     assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 3  # normalised before the non-linearity
     assert normed(torch.rand(4, 1, 32, 24)).shape == (4, 4 * 3, 64)
+    cct = ConvTokenizer(patch_size=8, in_chans=3, embed_dim=96, hidden_width=64)  # CCT's in_planes
+    widths = [(c.in_channels, c.out_channels) for c in cct.modules() if isinstance(c, torch.nn.Conv2d)]
+    assert widths == [(3, 64), (64, 64), (64, 96)]
 
 
 def test_image_size_not_a_multiple_of_the_patch_raises_naming_both():

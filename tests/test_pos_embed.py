@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_vit
+from vit.errors import ConfigError
 from vit.model.pos_embed.alibi_2d import Alibi2d
 from vit.model.pos_embed.cpe import ConditionalPosition
 from vit.model.pos_embed.learned_1d import Learned1d
@@ -290,8 +291,9 @@ def test_cpe_mixes_neighbours_after_the_first_block_and_leaves_the_class_token()
     patch = x[:, 1:].reshape(2, 3, 4, 8)
     r, c = 1, 2  # an interior patch: its 3x3 neighbourhood through the depthwise kernel, plus itself
     window = patch[:, r - 1 : r + 2, c - 1 : c + 2]  # (B, 3, 3, D)
-    kernel = s.peg.weight[:, 0].permute(1, 2, 0)  # (3, 3, D)
-    expected = patch[:, r, c] + (window * kernel).sum(dim=(1, 2)) + s.peg.bias
+    peg = s.pegs["0"]
+    kernel = peg.weight[:, 0].permute(1, 2, 0)  # (3, 3, D)
+    expected = patch[:, r, c] + (window * kernel).sum(dim=(1, 2)) + peg.bias
     torch.testing.assert_close(out[:, 1 + r * 4 + c], expected)
 
 
@@ -300,6 +302,24 @@ def test_cpe_tells_border_from_interior_and_runs_on_any_grid():
     same = torch.ones(1, 5 * 6, 8)  # every patch alike: only the zero padding can tell them apart
     out = s.after_block(same, (5, 6), 0).reshape(5, 6, 8)
     assert not torch.allclose(out[0, 0], out[2, 2]) and torch.allclose(out[2, 2], out[2, 3])
+
+
+def test_cpe_after_several_blocks_mixes_after_each_with_its_own_kernel():
+    s = scheme(ConditionalPosition, grid=(3, 4), dim=8, depth=3, after=[0, 2])
+    assert sum(p.numel() for p in s.parameters()) == 2 * 10 * 8
+    x = torch.randn(2, 1 + 12, 8)
+    assert torch.equal(s.after_block(x, (3, 4), 1), x)
+    after_0, after_2 = s.after_block(x, (3, 4), 0), s.after_block(x, (3, 4), 2)
+    assert not torch.equal(after_0, x) and not torch.allclose(after_0, after_2)  # two kernels, two results
+    with pytest.raises(ConfigError, match="after must name distinct blocks between 0 and"):
+        scheme(ConditionalPosition, grid=(3, 4), dim=8, after=[0, 0])
+
+
+def test_cpe_loads_a_checkpoint_from_before_it_had_several_pegs():
+    s = scheme(ConditionalPosition, grid=(3, 4), dim=8)
+    old = {"peg.weight": torch.randn(8, 1, 3, 3), "peg.bias": torch.randn(8)}  # its one PEG, as saved then
+    s.load_state_dict(old)
+    assert torch.equal(s.pegs["0"].weight, old["peg.weight"]) and torch.equal(s.pegs["0"].bias, old["peg.bias"])
 
 
 # alibi_2d

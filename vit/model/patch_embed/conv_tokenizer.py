@@ -7,7 +7,8 @@ then halves the grid. It reaches the grid of a patch-size conv, with overlapping
 fields and a small translation invariance inside each token.
 
 Widths double at every stage and end at embed_dim, at least 16 each (for width 64 and
-patch 4: 32, 64). No bias and no normalisation, as published; `batch_norm=True` adds a
+patch 4: 32, 64); `hidden_width` sets every stage but the last instead (CCT's own code uses
+64, its `in_planes`). No bias and no normalisation, as published; `batch_norm=True` adds a
 BatchNorm after each convolution, as `conv_stem` has.
 """
 
@@ -19,12 +20,20 @@ from vit.model.patch_embed.conv_stem import halvings
 
 
 class ConvTokenizer(nn.Module):
-    def __init__(self, *, patch_size: int, in_chans: int, embed_dim: int, batch_norm: bool = False):
+    def __init__(
+        self,
+        *,
+        patch_size: int,
+        in_chans: int,
+        embed_dim: int,
+        batch_norm: bool = False,
+        hidden_width: int | None = None,
+    ):
         super().__init__()
         stages = halvings("conv_tokenizer", patch_size)
         layers, width_in = [], in_chans
         for i in range(stages):
-            width = embed_dim if i == stages - 1 else max(16, embed_dim // 2 ** (stages - 1 - i))
+            width = embed_dim if i == stages - 1 else hidden_width or max(16, embed_dim // 2 ** (stages - 1 - i))
             layers += [
                 nn.Conv2d(width_in, width, kernel_size=3, stride=1, padding=1, bias=False),
                 *([nn.BatchNorm2d(width)] if batch_norm else []),
