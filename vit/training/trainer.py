@@ -163,7 +163,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
     device = choose_device(cfg.trainer.device)
     amp_dtype = precision.choose_precision(cfg.trainer.precision, device)
     precision.allow_tf32()
-    check_eval_every(cfg.trainer.get("eval_every", 1))
+    check_eval_every(cfg.trainer.eval_every)
 
     data = instantiate_group(cfg, "data")
     train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
@@ -429,7 +429,7 @@ def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog
         "first_step_s": epoch.first_step_s,
         "data_wait_frac": epoch.wait_s / epoch.session_s,
     }
-    if evaluated(record["epoch"], run.cfg.trainer):
+    if evaluated(record["epoch"], run.cfg.trainer.eval_every, run.cfg.trainer.epochs):
         record.update(validation(run))
     record["epoch_s"] = time.time() - epoch.started
     is_best = progress.finish_epoch(record.get("val_acc1"))
@@ -440,9 +440,9 @@ def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog
     return record
 
 
-def evaluated(epoch: int, trainer_cfg) -> bool:
-    """Whether epoch (1-based) ends with an evaluation: every eval_every-th one, and the last."""
-    return epoch % trainer_cfg.get("eval_every", 1) == 0 or epoch >= trainer_cfg.epochs
+def evaluated(epoch: int, every: int, epochs: int) -> bool:
+    """Whether epoch (1-based) of `epochs` ends with an evaluation: every `every`-th one, and the last."""
+    return epoch % every == 0 or epoch >= epochs
 
 
 def validation(run: Run) -> dict[str, float]:
