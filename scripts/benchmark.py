@@ -9,8 +9,10 @@ memory of a training step, FLOPs per image and (on H100/H200) model FLOPs utilis
 
 Every variant runs in the trainer's precision (`auto`: bf16 on CUDA and on a CPU with bf16
 units, else fp32), and timm's also at its own default (fp32) when that differs; CUDA with and
-without torch.compile. `benchmark.vary` adds the configured model under more model overrides,
-each string one variant, measured interleaved with the rest. `benchmark.loader=true` adds our
+without torch.compile. Every training step is fused AdamW's. `benchmark.vary` adds the
+configured model under more model overrides, each string one variant, measured interleaved
+with the rest; an entry with `optim=muon` steps with Muon and AdamW (`'optim=muon'`: the
+optimizer's own cost). `benchmark.loader=true` adds our
 step fed by the run's data loader, a whole epoch per round, to show what loading costs:
 
     python scripts/benchmark.py data=imagefolder data.root=DIR data.img_size=28 benchmark.loader=true
@@ -77,22 +79,25 @@ def variants(cfg: DictConfig, compiled_options: list[bool], amp, loader) -> list
         elif (scheme, patch) != ("learned_1d", "conv"):
             out.append(mine(f"ours {scheme} {patch}{tag}", ours(cfg, scheme, patch), scheme, patch))
         for overrides in cfg.benchmark.vary:
-            build, choices = varied(cfg, overrides)
-            out.append(mine(f"ours {scheme} {patch} {overrides}{tag}", build, *choices))
+            build, choices, optimizer = varied(cfg, overrides)
+            out.append(mine(f"ours {scheme} {patch} {overrides}{tag}", build, *choices, optimizer=optimizer))
     return out
 
 
 def varied(cfg: DictConfig, overrides: str):
-    """benchmark.vary: the configured model with more model overrides (a space-separated string),
-    composed as train.py would compose the command line followed by them. Returns the model's
-    builder and its (scheme, patch embedding)."""
+    """benchmark.vary: the configured model with more model or optimizer overrides (a
+    space-separated string), composed as train.py would compose the command line followed by
+    them. Returns the model's builder, its (scheme, patch embedding) and the optimizer's name."""
     from hydra import compose  # this app's own Hydra, already initialised on configs/
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     extra = overrides.split()
-    if not extra or any(not o.lstrip("+~").startswith("model") for o in extra):
-        fail(f"benchmark.vary: each entry is a string of model overrides, such as 'model.depth=6', got {overrides!r}")
+    if not extra or any(not o.lstrip("+~").startswith(("model", "optim")) for o in extra):
+        fail(
+            f"benchmark.vary: each entry is a string of model or optim overrides, such as 'model.depth=6' "
+            f"or 'optim=muon', got {overrides!r}"
+        )
     own = [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith(("benchmark", "hydra"))]
     bad_override = {HydraException: 2, OmegaConfBaseException: 2}
     composed = exit_on(bad_override, lambda: compose("train", [*own, *extra], return_hydra_config=True))
@@ -100,7 +105,10 @@ def varied(cfg: DictConfig, overrides: str):
     exit_on({ConfigError: 2}, lambda: check_config(composed))
     choices = composed.hydra.runtime.choices
     model = OmegaConf.create({"model": OmegaConf.to_container(composed.model, resolve=True)})
-    return partial(instantiate_group, model, "model"), (choices["model/pos_embed"], choices["model/patch_embed"])
+    scheme_and_patch = (choices["model/pos_embed"], choices["model/patch_embed"])
+    # every row steps with AdamW, as timm's model does, unless this entry names the optimizer
+    optimizer = composed.optim.name if any(o.lstrip("+~").startswith("optim") for o in extra) else "adamw"
+    return partial(instantiate_group, model, "model"), scheme_and_patch, optimizer
 
 
 def loader_only(cfg: DictConfig, device) -> None:

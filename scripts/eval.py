@@ -4,6 +4,7 @@ fine-tuning, and with the patches of each image shuffled. Prints JSON.
     python scripts/eval.py checkpoint=outputs/runs/<run>/checkpoints/last.pt
     python scripts/eval.py checkpoint=... resolutions=[24,48,64] output=eval.json
     python scripts/eval.py checkpoint=... precision=fp32       # default: the precision it trained in
+    python scripts/eval.py checkpoint=... tta=none             # default: the run's own test-time augmentation
 """
 
 import json
@@ -12,11 +13,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vit.cli import fail
+from vit.cli import ConfigError, check_tta, fail
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    if cfg.tta != "trained":
+        try:
+            check_tta(cfg.tta, "tta")
+        except ConfigError as e:
+            fail(str(e))
     import torch  # after Hydra has composed: a bad override is answered at once
 
     from vit.studies.evaluation import evaluate_checkpoint
@@ -32,6 +38,7 @@ def main(cfg: DictConfig) -> None:
             device,
             {"root": cfg.data_root} if cfg.data_root else None,
             cfg.precision,
+            cfg.tta,
         )
     except (CheckpointError, DataError, ValueError) as e:
         fail(str(e), code=1)

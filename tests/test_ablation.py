@@ -165,8 +165,9 @@ def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_eval_script_matches_what_training_logged(tmp_path, device):
-    run = tmp_path / "run"  # bf16, as on a GPU: the evaluation must take the run's precision to agree
-    tiny = ["trainer.epochs=1", "trainer.precision=bf16", "model.embed_dim=32", "model.depth=1", "model.num_heads=2"]
+    run = tmp_path / "run"  # bf16, as on a GPU, and test-time augmentation: the evaluation must take the run's own
+    tiny = ["trainer.epochs=1", "trainer.precision=bf16", "trainer.tta=flip_shift", "model.embed_dim=32"]
+    tiny += ["model.depth=1", "model.num_heads=2"]
     train(run, "experiment=digits", f"trainer.device={device}", *tiny)
     evaluated = subprocess.run(
         [
@@ -184,7 +185,7 @@ def test_eval_script_matches_what_training_logged(tmp_path, device):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     result = json.loads(evaluated.stdout)
     logged = json.loads((run / "summary.json").read_text())
-    assert result["acc1"] == logged["final_val_acc1"] and result["precision"] == "bf16"
+    assert result["acc1"] == logged["final_val_acc1"] and (result["precision"], result["tta"]) == ("bf16", "flip_shift")
     fp32 = evaluate_checkpoint(run / "checkpoints" / "last.pt", resolutions=[], precision="fp32")
     assert fp32["precision"] == "fp32" and abs(fp32["acc1"] - result["acc1"]) < 5
     assert set(result["acc1_at"]) == {"12", "24"} and 0 <= result["shuffled_acc1"] <= 100

@@ -97,7 +97,7 @@ def test_benchmark_script_table_and_json(tmp_path):
         "benchmark.rounds=2",
         "benchmark.warmup=1",
         "trainer.precision=fp32",  # auto would be bf16 on a CPU with AMX
-        "benchmark.vary=['model.depth=2 model.mlp_ratio=1','model.pool=seq']",
+        "benchmark.vary=['model.depth=2 model.mlp_ratio=1','model.pool=seq','optim=muon']",
         f"benchmark.out_dir={tmp_path}",
         cwd=tmp_path,
     )
@@ -105,9 +105,15 @@ def test_benchmark_script_table_and_json(tmp_path):
     report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
     # benchmark.vary: the configured model under more overrides, each string one variant
-    deeper, pooled = (
+    deeper, pooled, muon = (
         rows.pop("ours learned_1d conv model.depth=2 model.mlp_ratio=1"),
         rows.pop("ours learned_1d conv model.pool=seq"),
+        rows.pop("ours learned_1d conv optim=muon"),
+    )
+    # the same model, stepped by Muon with AdamW
+    assert (muon["params"], muon["train_gflops_per_image"]) == (
+        rows["ours learned_1d conv"]["params"],
+        rows["ours learned_1d conv"]["train_gflops_per_image"],
     )
     flops = vit_matmul_flops(img=32, patch=4, chans=3, dim=48, depth=2, mlp=48, classes=10, cls=True)
     assert deeper["train_gflops_per_image"] == pytest.approx(3 * flops / 1e9, rel=1e-12)
@@ -135,11 +141,11 @@ def test_benchmark_script_table_and_json(tmp_path):
     assert "| timm learned_1d conv |" in proc.stdout
 
 
-def test_benchmark_vary_takes_model_overrides_only(tmp_path):
+def test_benchmark_vary_takes_model_and_optimizer_overrides_only(tmp_path):
     proc = script("benchmark.py", "benchmark.vary=['data.batch_size=64']", cwd=tmp_path)
     assert one_error_line(proc, code=2) == (
-        "error: benchmark.vary: each entry is a string of model overrides, such as 'model.depth=6', "
-        "got 'data.batch_size=64'"
+        "error: benchmark.vary: each entry is a string of model or optim overrides, such as 'model.depth=6' "
+        "or 'optim=muon', got 'data.batch_size=64'"
     )
 
 

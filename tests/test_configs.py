@@ -128,6 +128,8 @@ def test_the_check_before_torch_says_what_building_would(overrides):
     [
         (["optim.warmup_epochs=soon"], "optim.warmup_epochs must be auto or a number of epochs >= 0, got 'soon'"),
         (["optim.warmup_epochs=-1"], "optim.warmup_epochs must be auto or a number of epochs >= 0, got -1"),
+        (["optim.name=lion"], "optim.name must be adamw or muon, got 'lion'"),
+        (["trainer.tta=crops"], "trainer.tta must be one of none, flip, flip_shift, got 'crops'"),
     ],
 )
 def test_bad_training_values_are_caught_before_torch(overrides, message):

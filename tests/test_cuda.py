@@ -55,6 +55,8 @@ def test_cifar_run_on_the_gpu_compiled_in_bf16_and_evaluated_on_the_cpu(tmp_path
         "trainer.epochs=2",
         "trainer.compile=true",
         "trainer.ema=true",
+        "optim=muon",  # as experiment=cifar10_fast: Muon's batched products and six test views on the GPU
+        "trainer.tta=flip_shift",
         *TINY,
         cwd=tmp_path,
     )

@@ -400,6 +400,7 @@ def test_a_resume_that_would_change_the_run_is_refused(tmp_path):
         ("trainer.epochs=3", "trainer.epochs=2, this run has 3"),
         ("optim.lr=0.01", "optim.lr="),
         ("seed=7", "seed=0, this run has 7"),
+        ("optim=muon", "optim.name=adamw, this run has muon"),
     ]:
         with pytest.raises(CheckpointError, match=message) as raised:
             train(run, *args, override, "resume=auto")
@@ -467,6 +468,7 @@ def test_diverging_loss_stops_naming_the_step(tmp_path):
         (["experiment=probe", "model.embed_dim=30"], ConfigError, "embed_dim 30 is not divisible"),
         (["experiment=probe", "trainer.precision=fp8"], ConfigError, "trainer.precision must be"),
         (["experiment=probe", "trainer.eval_every=0"], ConfigError, "trainer.eval_every must be"),
+        (["experiment=probe", "optim.name=sgd"], ConfigError, "optim.name must be adamw or muon, got 'sgd'"),
     ],
 )
 def test_bad_input_raises_one_line(tmp_path, overrides, error, message):

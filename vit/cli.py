@@ -119,6 +119,14 @@ def check_eval_every(every) -> None:
         raise ConfigError(f"trainer.eval_every must be a whole number of epochs >= 1, got {every!r}")
 
 
+TTA = ("none", "flip", "flip_shift")  # vit/training/tta.py's views, named without importing torch
+
+
+def check_tta(tta, key: str = "trainer.tta") -> None:
+    if tta not in TTA:
+        raise ConfigError(f"{key} must be one of {', '.join(TTA)}, got {tta!r}")
+
+
 def check_config(cfg: DictConfig) -> None:
     """What is wrong with a training config whatever the machine, found without torch:
     model sizes that cannot fit together, a missing value, an unknown precision.
@@ -136,6 +144,9 @@ def check_config(cfg: DictConfig) -> None:
     if "trainer" in cfg:
         check_precision(cfg.trainer.precision)
         check_eval_every(cfg.trainer.get("eval_every", 1))
+        check_tta(cfg.trainer.get("tta", "none"))
+    if cfg.get("optim", {}).get("name", "adamw") not in ("adamw", "muon"):
+        raise ConfigError(f"optim.name must be adamw or muon, got {cfg.optim.name!r}")
     warmup = cfg.get("optim", {}).get("warmup_epochs", 0)
     if warmup != "auto" and (not isinstance(warmup, (int, float)) or isinstance(warmup, bool) or warmup < 0):
         raise ConfigError(f"optim.warmup_epochs must be auto or a number of epochs >= 0, got {warmup!r}")

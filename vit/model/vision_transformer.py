@@ -117,6 +117,12 @@ class VisionTransformer(nn.Module):
             if p.ndim <= 1 or name == "cls_token" or name.startswith("pos_embed.")
         }
 
+    def hidden_matrices(self) -> set[str]:
+        """Names of the weight matrices of the blocks' linear layers (attention and MLP): the
+        parameters Muon steps. Its authors keep the embeddings, the head, gains, biases and
+        tables on AdamW."""
+        return {f"blocks.{name}.weight" for name, m in self.blocks.named_modules() if isinstance(m, nn.Linear)}
+
 
 def _init_linear(module: nn.Module) -> None:
     # timm's ViT init: truncated normal (std 0.02) for every Linear, zero biases

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from vit.studies.attention_kernel import attention_kernels
 from vit.training import precision
 from vit.training.data.augment import normalize
+from vit.training.optim import build_optimizer
 
 # Dense tensor-core peaks in TFLOP/s from NVIDIA's data sheets: bf16 (and fp16), and TF32,
 # which fp32 matrix products run as (the trainer and the benchmark allow TF32). The first
@@ -56,6 +57,7 @@ class Variant:
     amp: torch.dtype | None = None  # the autocast dtype; None: fp32
     loader: Any = None  # a data loader to feed the training step, instead of one fixed batch
     against: str | None = None  # the variant this one is a headline ratio with
+    optimizer: str = "adamw"  # or muon: Muon on the blocks' matrices, AdamW on the rest (optim=muon)
     train_ips: list[float] = field(default_factory=list)
     infer_ips: list[float] = field(default_factory=list)
     peak_mb: float = 0.0
@@ -126,7 +128,10 @@ class Bench:
         self.model = variant.build().to(device)
         variant.params = sum(p.numel() for p in self.model.parameters())
         fused = device.type in ("cuda", "cpu") or None  # as the trainer's
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
+        if variant.optimizer == "muon":
+            self.optimizer = build_optimizer(self.model, 1e-4, 0.05, (0.9, 0.999), fused, "muon")
+        else:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
         self.net = torch.compile(self.model) if variant.compiled else self.model
         self.x = torch.randn(batch, in_chans, img_size, img_size, device=device)
         self.y = torch.randint(0, classes, (batch,), device=device)

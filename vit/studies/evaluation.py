@@ -25,6 +25,7 @@ from torch import Tensor
 from vit.training.checkpoint import load_checkpoint
 from vit.training.data.augment import normalize
 from vit.training.hits import hits
+from vit.training.tta import scores
 
 RESOLUTION_FACTORS = (0.75, 1.25, 1.5, 2.0)
 
@@ -65,20 +66,34 @@ def shuffled_tokens(model, generator: torch.Generator) -> Iterator[None]:
 
 
 @torch.no_grad()
-def accuracy(model, batches, mean, std, size: int | None = None, shuffle: bool = False, autocast=nullcontext) -> float:
+def accuracy(
+    model, batches, mean, std, size: int | None = None, shuffle: bool = False, autocast=nullcontext, tta: str = "none"
+) -> float:
     """Top-1 accuracy (percent) over the validation batches, optionally resized or shuffled,
-    under `autocast` (the precision the run trained and evaluated in); `shuffle`: with the
-    patch tokens shuffled (`shuffled_tokens`)."""
+    under `autocast` (the precision the run trained and evaluated in) and with the test-time
+    augmentation `tta` (vit/training/tta.py); `shuffle`: with the patch tokens shuffled
+    (`shuffled_tokens`)."""
     generator = torch.Generator().manual_seed(0)
+    net = model if size is None else Resized(model, size)
     correct, total = torch.zeros((), dtype=torch.long, device=mean.device), 0
     for images, labels in batches:
-        x = normalize(images, mean, std)
-        if size is not None and x.shape[-1] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        with autocast(), shuffled_tokens(model, generator) if shuffle else nullcontext():
-            correct += hits(model(x), labels)[0].sum()  # on the device: no sync per batch
+        with shuffled_tokens(model, generator) if shuffle else nullcontext():
+            correct += hits(scores(net, images, mean, std, autocast, tta), labels)[0].sum()  # no sync per batch
         total += len(labels)
     return 100 * correct.item() / total
+
+
+class Resized(torch.nn.Module):
+    """The model, fed its normalised images resized to size x size."""
+
+    def __init__(self, model, size: int):
+        super().__init__()
+        self.model, self.size = model, size
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return self.model(x)
 
 
 @torch.no_grad()
@@ -112,13 +127,16 @@ def evaluate_checkpoint(
     device: str = "cpu",
     data_overrides: dict | None = None,
     precision: str = "trained",
+    tta: str = "trained",
 ) -> dict:
     """Rebuild the model and data of a checkpoint from its own config and measure it, in the
     run's own precision on this device (`trained`: so acc1 is what training logged on the same
-    kind of device) or in the one given (bf16, fp16, fp32)."""
+    kind of device) or in the one given (bf16, fp16, fp32), and with the run's own test-time
+    augmentation (`trained`) or the one given (none, flip, flip_shift)."""
     from vit.training import precision as amp
 
     model, cfg, epoch = model_from_checkpoint(path)
+    tta = cfg.trainer.get("tta", "none") if tta == "trained" else tta
     dtype = amp.choose_precision(cfg.trainer.precision if precision == "trained" else precision, torch.device(device))
     autocast = partial(amp.autocast, torch.device(device), dtype)
     for key, value in (data_overrides or {}).items():
@@ -130,12 +148,13 @@ def evaluate_checkpoint(
     size, patch = data.img_size, model.patch_size
     if resolutions is None:
         resolutions = default_resolutions(size, patch)
-    measure = partial(accuracy, model, val, mean, std, autocast=autocast)
+    measure = partial(accuracy, model, val, mean, std, autocast=autocast, tta=tta)
     return {
         "checkpoint": str(path),
         "epoch": epoch,
         "img_size": size,
         "precision": amp.precision_name(dtype),
+        "tta": tta,
         "acc1": measure(),
         "acc1_at": {str(r): measure(size=r) for r in resolutions},
         "shuffled_acc1": measure(shuffle=True),

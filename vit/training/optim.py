@@ -1,4 +1,5 @@
-"""AdamW without weight decay on what the model names, and a per-step warm-up + cosine schedule."""
+"""AdamW (or Muon with AdamW) without weight decay on what the model names, and a per-step
+warm-up + cosine schedule."""
 
 from __future__ import annotations
 
@@ -7,23 +8,47 @@ import math
 import torch
 from torch import nn
 
+from vit.errors import ConfigError
+from vit.training.muon import Muon, MuonWithAdamW
+
 
 def build_optimizer(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], fused: bool
-) -> torch.optim.AdamW:
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    fused: bool,
+    name: str = "adamw",
+    muon_momentum: float = 0.95,
+    muon_lr_scale: float = 1.0,
+) -> torch.optim.Optimizer:
+    """AdamW on every parameter (`adamw`), or Muon on the blocks' weight matrices and AdamW on
+    the rest (`muon`, vit/training/muon.py). Muon's step is scaled to the RMS of AdamW's, so the
+    one learning rate and weight decay serve both; `muon_lr_scale` multiplies Muon's."""
+    if name not in ("adamw", "muon"):
+        raise ConfigError(f"optim.name must be adamw or muon, got {name!r}")
     skip = model.no_weight_decay()
+    hidden = model.hidden_matrices() if name == "muon" else set()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
-        {"params": [p for n, p in params if n not in skip], "weight_decay": weight_decay},
-        {"params": [p for n, p in params if n in skip], "weight_decay": 0.0},
+        {"params": [p for n, p in params if n not in skip and n not in hidden], "weight_decay": weight_decay},
+        {"params": [p for n, p in params if n in skip and n not in hidden], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
+    adamw = torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=fused or None)
+    if name == "adamw":
+        return adamw
+    matrices = [p for n, p in params if n in hidden]
+    muon = Muon(matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay, momentum=muon_momentum)
+    return MuonWithAdamW(muon, adamw)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """The saved moments, steps and hyper-parameters, with this device's kernel kept: torch
     takes `fused` and `foreach` from the saved groups too, so a checkpoint from another
     device (or from before fused AdamW on the CPU) would silently change the kernel."""
+    if isinstance(optimizer, MuonWithAdamW):
+        optimizer.load_state_dict(state)  # its AdamW part through here
+        return
     kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
     for group, kernel in zip(optimizer.param_groups, kernels, strict=True):

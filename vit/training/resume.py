@@ -91,6 +91,7 @@ def check_same_run(saved: dict, cfg: DictConfig, world: int) -> None:
     """Refuse, in one line, a checkpoint of another model or dataset, or one whose schedule
     or random streams this run would change."""
     old, new = flatten(saved["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
+    old.setdefault("optim.name", "adamw")  # saved before optim=muon existed
     for key in sorted(set(old) | set(new)):
         if key.startswith(ARCHITECTURE) and key not in TRAINING_ONLY and old.get(key) != new.get(key):
             raise CheckpointError(f"the checkpoint was trained with {key}={old.get(key)}, this run has {new.get(key)}")

@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vit.cli import build_model, check_eval_every, instantiate_group, with_class_count
+from vit.cli import build_model, check_eval_every, check_tta, instantiate_group, with_class_count
 from vit.errors import ConfigError, TrainingError
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -46,6 +46,7 @@ from vit.training.progress import Progress
 from vit.training.resume import Start, where_run_stands
 from vit.training.run_log import RunLog
 from vit.training.seeds import numpy_seed, seed_for
+from vit.training.tta import scores
 from vit.training.wait_clock import WaitClock
 
 log = logging.getLogger("vit")
@@ -164,6 +165,7 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
     amp_dtype = precision.choose_precision(cfg.trainer.precision, device)
     precision.allow_tf32()
     check_eval_every(cfg.trainer.eval_every)
+    check_tta(cfg.trainer.tta)
 
     data = instantiate_group(cfg, "data")
     train_batches, val_batches = data.loaders(device, procs.rank, procs.world, cfg.seed)
@@ -178,7 +180,8 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
 
     oc, steps_per_epoch = cfg.optim, len(train_batches)
     fused = device.type in ("cuda", "cpu")  # one kernel for every tensor: on a CPU 0.5 ms a step, not 1.9
-    optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused=fused)
+    muon = {"muon_momentum": oc.muon_momentum, "muon_lr_scale": oc.muon_lr_scale} if oc.name == "muon" else {}
+    optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused, oc.name, **muon)
     warmup = round(warmup_epochs(oc.warmup_epochs, cfg.trainer.epochs) * steps_per_epoch)
     scheduler = warmup_cosine(optimizer, warmup, cfg.trainer.epochs * steps_per_epoch, oc.min_lr / oc.lr)
     mixup, criterion = build_mixup(data, cfg.trainer.label_smoothing, procs.world)
@@ -448,22 +451,23 @@ def evaluated(epoch: int, every: int, epochs: int) -> bool:
 def validation(run: Run) -> dict[str, float]:
     """The record's validation keys: the model's, and the EMA's when there is one."""
     # the eager model: a compiled one would recompile for eval mode and the short last batch
-    val = evaluate(run.model, run.val_batches, run.mean, run.std, run.autocast)
+    tta = run.cfg.trainer.tta
+    val = evaluate(run.model, run.val_batches, run.mean, run.std, run.autocast, tta)
     out = {"val_loss": val["loss"], "val_acc1": val["acc1"], "val_acc5": val["acc5"]}
     if run.ema is not None:
-        ema = evaluate(run.ema.module, run.val_batches, run.mean, run.std, run.autocast)
+        ema = evaluate(run.ema.module, run.val_batches, run.mean, run.std, run.autocast, tta)
         out.update(ema_val_loss=ema["loss"], ema_val_acc1=ema["acc1"], ema_val_acc5=ema["acc5"])
     return out
 
 
 @torch.no_grad()
-def evaluate(net, loader, mean, std, autocast) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks."""
+def evaluate(net, loader, mean, std, autocast, tta: str = "none") -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (percent) over the whole split, summed over ranks; with
+    test-time augmentation `tta` (vit/training/tta.py)."""
     net.eval()
     totals = torch.zeros(4, device=mean.device, dtype=torch.float64)  # loss, top1, top5, count
     for images, labels in loader:
-        with autocast():
-            logits = net(normalize(images, mean, std))
+        logits = scores(net, images, mean, std, autocast, tta)
         top1, top5 = hits(logits, labels)
         loss = F.cross_entropy(logits.float(), labels, reduction="sum")
         totals[:3] += torch.stack([loss, top1.sum(), top5.sum()]).double()

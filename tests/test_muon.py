@@ -1,0 +1,104 @@
+"""optim=muon: Muon on the blocks' weight matrices, AdamW on the rest, as one optimizer that
+the schedule, clipping and checkpoints treat as one."""
+
+import copy
+
+import pytest
+import torch
+
+from runs import TINY, train
+from vit.model.vision_transformer import VisionTransformer
+from vit.training.checkpoint import load_checkpoint
+from vit.training.muon import Muon, MuonWithAdamW
+from vit.training.optim import build_optimizer, load_optimizer_state, warmup_cosine
+
+PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", *TINY]
+
+
+def small_model() -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=16, patch_size=4, num_classes=3, embed_dim=32, depth=2, num_heads=2, pool="cls")
+
+
+def ids(groups) -> set[int]:
+    return {id(p) for g in groups for p in g["params"]}
+
+
+def test_muon_takes_the_blocks_linear_weights_and_adamw_everything_else():
+    model = small_model()
+    optimizer = build_optimizer(model, 1e-3, 0.05, (0.9, 0.999), False, "muon")
+    named = dict(model.named_parameters())
+    matrices = {
+        n
+        for n in named
+        if n.startswith("blocks.") and n.endswith(("qkv.weight", "proj.weight", "fc1.weight", "fc2.weight"))
+    }
+    assert matrices and ids(optimizer.muon.param_groups) == {id(named[n]) for n in matrices}
+    assert ids(optimizer.adamw.param_groups) == {id(p) for n, p in named.items() if n not in matrices}
+    assert ids(optimizer.param_groups) == {id(p) for p in model.parameters()}
+    # the patch embedding's matrix and the head stay with AdamW, as do the 1-D and positional ones
+    assert {"patch_embed.proj.weight", "head.weight", "pos_embed.table", "cls_token"} <= set(named) - matrices
+
+
+def test_the_schedule_sets_both_parts_learning_rates():
+    optimizer = build_optimizer(small_model(), 1e-3, 0.05, (0.9, 0.999), False, "muon", muon_lr_scale=2.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=10, min_lr_ratio=0.0)
+    optimizer.step()
+    scheduler.step()
+    assert optimizer.muon.param_groups[0]["lr"] == pytest.approx(2e-3 * 2 / 4)
+    assert [g["lr"] for g in optimizer.adamw.param_groups] == pytest.approx([1e-3 * 2 / 4] * 2)
+
+
+def steps(model, optimizer, count: int) -> None:
+    x = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for _ in range(count):
+        optimizer.zero_grad()
+        model(x).square().mean().backward()
+        optimizer.step()
+
+
+def test_a_state_dict_round_trip_continues_the_same_steps():
+    model, other = small_model(), small_model()
+    optimizer = build_optimizer(model, 1e-2, 0.05, (0.9, 0.999), False, "muon")
+    steps(model, optimizer, 2)
+    other.load_state_dict(model.state_dict())
+    resumed = build_optimizer(other, 1e-2, 0.05, (0.9, 0.999), False, "muon")
+    load_optimizer_state(resumed, copy.deepcopy(optimizer.state_dict()))  # as a checkpoint holds it
+    assert isinstance(resumed, MuonWithAdamW) and ids(resumed.param_groups) == {id(p) for p in other.parameters()}
+    steps(model, optimizer, 2)
+    steps(other, resumed, 2)
+    for (name, a), b in zip(model.state_dict().items(), other.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match="not Muon with AdamW"):
+        resumed.load_state_dict(build_optimizer(other, 1e-2, 0.05, (0.9, 0.999), False).state_dict())
+
+
+def test_a_muon_run_resumed_from_its_checkpoint_ends_where_the_uncut_run_does(tmp_path):
+    args = [*PROBE, "optim=muon", "trainer.epochs=2"]
+    train(tmp_path / "full", *args)
+    train(tmp_path / "cut", *args, f"resume={tmp_path / 'full' / 'checkpoints' / 'previous.pt'}")
+    full = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert set(full["optimizer"]) == {"muon", "adamw"}
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, cut["model"][name]), name
+
+
+def test_our_batched_muon_steps_as_torchs_muon_does():
+    # torch.optim.Muon with the RMS-matching scale is the reference; ours batches same-shaped matrices
+    shapes = [(12, 8), (8, 12), (12, 8), (8, 8), (20, 8)]
+    torch.manual_seed(0)
+    ours = [torch.randn(s, requires_grad=True) for s in shapes]
+    theirs = [p.detach().clone().requires_grad_() for p in ours]
+    a = Muon(ours, lr=0.02, weight_decay=0.1)
+    b = torch.optim.Muon(theirs, lr=0.02, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    for step in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for params, optimizer in ((ours, a), (theirs, b)):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        for p, q in zip(ours, theirs, strict=True):
+            assert torch.allclose(p, q, atol=1e-3, rtol=0), step
+    with pytest.raises(ValueError, match="2-D weight matrices only"):
+        Muon([torch.zeros(3, requires_grad=True)], lr=0.1, weight_decay=0)
