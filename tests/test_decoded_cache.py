@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import signal
+import threading
 
 import numpy as np
 import pytest
@@ -398,3 +399,23 @@ def test_batches_made_ahead_come_in_order_raise_errors_and_stop_when_left():
         if i == 3:
             break
     assert len(made) < 10  # the thread stopped, a few batches ahead at most
+
+
+def test_a_cpu_makes_each_batch_between_steps_and_a_gpu_ahead(tmp_path, monkeypatch):
+    root = make_jpeg_folders(tmp_path / "tree", per_class=(10, 2))
+    batches, _ = cached_data(root, tmp_path / "cache", batch_size=8).loaders(CPU, 0, 1, seed=3)
+    batches.set_epoch(1)
+    made_in, augmented = [], batches.augmented
+
+    def recorded(rows, step):
+        made_in.append(threading.current_thread().name)
+        return augmented(rows, step)
+
+    monkeypatch.setattr(batches, "augmented", recorded)
+    on_cpu = [images for images, _ in batches]
+    assert made_in == [threading.current_thread().name] * 2  # a thread would take a core from the step
+    made_in.clear()
+    batches.batched = True  # the GPU's way, here on the CPU: the host's copies overlap the GPU's step
+    ahead = [images for images, _ in batches]
+    assert made_in == ["prefetch"] * 2
+    assert all((a.int() - b.int()).abs().max() <= 1 for a, b in zip(on_cpu, ahead, strict=True))

@@ -64,9 +64,10 @@ class CachedBatches(SampledBatches):
     def __iter__(self):
         s = self.sampler
         batches = (self.batch(step, index.numpy()) for step, index in enumerate(s, start=s.start if s.train else 0))
-        # training: the next batches are cut and resized while the step runs (on a CPU that
-        # hides their cost; on a GPU the host's copies)
-        return ahead(batches) if s.train else batches
+        # on a GPU the host copies the next batches' boxes while the GPU steps. On a CPU the
+        # crops are made between steps: made ahead in a thread, they would take a core from one
+        # of the step's threads, and the others would wait for it at every barrier
+        return ahead(batches) if s.train and self.batched else batches
 
     def batch(self, step: int, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         images = self.augmented(rows, step) if self.sampler.train else self.stored(rows)

@@ -53,7 +53,7 @@ class DecodedSplit:
     """A cache opened for reading."""
 
     folder: Path
-    pixels: np.memmap  # uint8, flat
+    pixels: np.ndarray  # uint8, flat: a view of the memory map
     index: np.ndarray  # (N, 3) int64: offset, height, width
     labels: np.ndarray  # (N,) int64
     channels: int
@@ -194,6 +194,8 @@ def chunk_digest(pixels: np.ndarray, index: np.ndarray, channels: int, chunk: in
 def read(folder: Path, manifest: dict | None = None) -> DecodedSplit:
     manifest = manifest or json.loads((folder / "manifest.json").read_text())
     path = folder / "pixels.u8"
-    pixels = np.memmap(path, dtype=np.uint8, mode="r") if path.stat().st_size else np.zeros(0, np.uint8)
+    pixels = np.zeros(0, np.uint8)
+    if path.stat().st_size:  # a plain view of the map: slicing a np.memmap costs 8 us, a view 1.4
+        pixels = np.memmap(path, dtype=np.uint8, mode="r").view(np.ndarray)
     index, labels = np.load(folder / "index.npy"), np.load(folder / "labels.npy")
     return DecodedSplit(folder, pixels, index, labels, manifest["channels"])

@@ -53,10 +53,10 @@ def resize_to_float(crops: Tensor, heights: Tensor, widths: Tensor, out: int, mi
 
 def resize_each(crops: list[Tensor], out: int, mirror: list[bool]) -> Tensor:
     """uint8 (H, W, C) crops of any sizes -> uint8 (B, C, out, out), one call of torch's
-    antialiased bilinear kernel per image (its vectorised uint8 path): on a CPU, where the
-    batched matrices would spend most of their work on the zeros around each filter's band."""
+    antialiased bilinear kernel per image (its vectorised uint8 path), mirrored where `mirror`
+    is true: on a CPU, where the batched matrices would spend most of their work on the zeros
+    around each filter's band. (Flipping the batch's mirrored images at once costs 4x more.)"""
     resized = [
-        F.interpolate(crop.permute(2, 0, 1)[None], size=(out, out), mode="bilinear", antialias=True)[0]
-        for crop in crops
+        F.interpolate(crop.permute(2, 0, 1)[None], size=(out, out), mode="bilinear", antialias=True) for crop in crops
     ]
-    return torch.stack([image.flip(-1) if m else image for image, m in zip(resized, mirror, strict=True)])
+    return torch.cat([image.flip(-1) if m else image for image, m in zip(resized, mirror, strict=True)])
