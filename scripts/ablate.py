@@ -8,9 +8,12 @@
     python scripts/ablate.py ablation=cifar10 trainer.epochs=50 # any training override, for every run
     python scripts/ablate.py ablation=cifar10 hydra/launcher=submitit_slurm   # on a cluster
 
-Arguments that start with `ablation`, `device`, `jobs`, `out_dir` or `train` shape the ablation; all others
-go to every training run. Writes outputs/ablations/NAME/ (report.md and the rest). Running
-it again trains only what has not finished.
+The ablation's own keys are `ablation` (and `ablation.*`), `device`, `jobs`, `out_dir`,
+`results_dir` and `train` (true/false, whether to train at all); every other argument, such as
+`trainer.epochs=50`, goes to every training run. Writes outputs/ablations/NAME/ (report.md and
+the rest), and commits each finished run's row to results/ablations/NAME.jsonl as it lands.
+Running it again trains only what has neither finished here nor a committed row; with
+`train=false` it rebuilds the report from what there is, a fresh clone's rows included.
 """
 
 import shlex
@@ -21,9 +24,10 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from vit.cli import ConfigError, check_config, compose, fail
-from vit.studies.ablation import collect, run_sweep
+from vit.studies.ablation import Book, collect, folder_name, grid_of, grid_points, run_sweep
+from vit.studies.results import Ledger, ResultsError, config_key
 
-OWN = ("ablation", "device", "jobs", "out_dir", "train")
+OWN = ("ablation", "device", "jobs", "out_dir", "results_dir", "train")
 
 
 def main(argv: list[str]) -> int:
@@ -34,23 +38,35 @@ def main(argv: list[str]) -> int:
         shared = [*cfg.ablation.train, *(a for a in extra if not a.lstrip("+~").startswith("hydra"))]
         check_config(compose("train", shared))  # what every run shares, checked before any trains
         check_jobs(cfg.jobs, extra)
-    except (HydraException, OmegaConfBaseException, ConfigError) as e:
+        keys = run_keys(cfg.ablation, shared)
+        ledger = Ledger.in_folder(Path(cfg.results_dir).resolve(), cfg.ablation.name)
+    except (HydraException, OmegaConfBaseException, ConfigError, ResultsError) as e:
         fail(str(e).splitlines()[0])
     ablation = cfg.ablation
     out = Path(cfg.out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-
-    code = run_sweep(ablation, out, extra, cfg.jobs) if cfg.train else 0
     import torch
+
+    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
+    book = Book(ablation, out, ledger, keys, "cpu" if device == "auto" else device)
+    code = run_sweep(ablation, out, extra, cfg.jobs, book) if cfg.train else 0
 
     from vit.studies.report import write_report
 
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    runs = collect(ablation, out, "cpu" if device == "auto" else device)
+    runs = collect(ablation, out, book.device, book)
     report = write_report(ablation.name, runs, out, shlex.join(["python", "scripts/ablate.py", *argv]))
     failed = [r for r in runs if r.status != "finished"]
     print(f"report: {report}" + (f"  ({len(failed)} of {len(runs)} runs did not finish)" if failed else ""))
     return 1 if cfg.train and (failed or code) else 0  # train=false: a look, not a verdict
+
+
+def run_keys(ablation, shared: list[str]) -> dict[str, str]:
+    """Each grid point's folder name -> the key of its composed training config: what its
+    committed row must carry to stand in for it."""
+    keys = {}
+    for point in grid_points(grid_of(ablation)):
+        keys[folder_name(point)] = config_key(compose("train", [*shared, *(f"{k}={v}" for k, v in point.items())]))
+    return keys
 
 
 def check_jobs(jobs, extra: list[str]) -> None:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,12 +68,10 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     )
     assert "## Runs that did not finish" in report and "rope_2d_seed0" in report
     # a line per run while the checkpoints are evaluated, so a long evaluation is never silent
-    evaluating = [line for line in first.stdout.splitlines() if line.startswith("evaluating ")]
-    assert [line.split(" ...")[0] for line in evaluating] == [
-        "evaluating 1/2: none_seed0",
-        "evaluating 2/2: learned_1d_seed0",
-    ]
-    assert all(" acc1 " in line and " shuffled " in line for line in evaluating)
+    evaluating = [line for line in first.stdout.splitlines() if line.startswith("evaluat")]
+    assert evaluating[0::2] == ["evaluating none_seed0 ...", "evaluating learned_1d_seed0 ..."]
+    assert [line.split(":")[0] for line in evaluating[1::2]] == ["evaluated none_seed0", "evaluated learned_1d_seed0"]
+    assert all(" acc1 " in line and " shuffled " in line for line in evaluating[1::2])
     # runs are named by scheme and seed, for TensorBoard
     assert sorted(p.name for p in (out / "runs").iterdir() if p.is_dir()) == [
         "learned_1d_seed0",
@@ -92,6 +91,17 @@ def test_ablation_report_failures_and_a_second_invocation_that_retrains_only_wha
     assert (out / "report.md").stat().st_mtime_ns > report
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.pt")} == checkpoints
 
+    # a fresh clone: the committed rows alone rebuild the same tables, with no run folder at all
+    committed = [json.loads(line) for line in (tmp_path / "results" / "ablations" / "quick.jsonl").open()]
+    assert sorted(r["run"] for r in committed) == ["learned_1d_seed0", "none_seed0"]  # the failed run has none
+    before = {r["scheme"]: r for r in csv.DictReader(open(out / "results.csv")) if r["status"] == "finished"}
+    shutil.rmtree(out)
+    clone = ablate(tmp_path, *args, "train=false")
+    assert clone.returncode == 0 and "evaluating" not in clone.stdout, clone.stderr[-3000:]
+    after = {r["scheme"]: r for r in csv.DictReader(open(out / "results.csv")) if r["status"] == "finished"}
+    assert after == before
+    assert "| none | 1 |" in (out / "report.md").read_text() and (out / "curves.png").stat().st_size > 0
+
 
 def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("a sweep was started"))
@@ -110,7 +120,7 @@ def test_a_sweep_trains_every_scheme_of_a_seed_before_the_next_seed(tmp_path, mo
     )
     cfg = compose("ablate", ["ablation.schemes=[none,rope_2d]", "ablation.seeds=[0,1]"]).ablation
     cfg.vary = {"model.pool": ["gap", "cls"]}
-    assert run_sweep(cfg, tmp_path, []) == 0
+    assert run_sweep(cfg, tmp_path, ["hydra/launcher=basic"]) == 0  # a launcher: the grid as one multirun
     keys = [arg.split("=")[0] for arg in started[0]]
     grid = [key for key in keys if key in ("seed", "model/pos_embed", "model.pool")]
     assert grid == ["seed", "model/pos_embed", "model.pool"]  # Hydra's sweeper varies the last fastest
@@ -131,7 +141,7 @@ def test_jobs_train_the_grid_in_parallel_into_the_folders_a_sweep_uses(tmp_path)
 def test_jobs_run_single_runs_seed_major_into_the_sweep_folders(tmp_path, monkeypatch):
     given = []
     monkeypatch.setattr(
-        ablation, "run_in_parallel", lambda commands, folders, jobs: given.append((commands, folders)) or 0
+        ablation, "run_in_parallel", lambda commands, folders, jobs, finished: given.append((commands, folders)) or 0
     )
     cfg = compose("ablate", ["ablation.schemes=[none,rope_2d]", "ablation.seeds=[0,1]"]).ablation
     assert run_sweep(cfg, tmp_path, ["trainer.epochs=3"], jobs=2) == 0
@@ -222,6 +232,27 @@ def test_paired_differences_and_intervals_say_what_is_resolved(tmp_path):
     close = pairs["rope_2d", "learned_1d"]  # +0.5, -1, +1: not resolved
     assert close["mean"] == pytest.approx(1 / 6) and not close["resolved"]
     assert ("none", "none") not in pairs and ("none", "learned_1d") in pairs
+
+
+def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
+    from vit.studies.ablation import Run, varied_differences
+
+    def runs(scheme, pool, accs):
+        point = {"model/pos_embed": scheme, "model.pool": pool}
+        return [Run({**point, "seed": str(s)}, tmp_path, "finished", summary={"final_val_acc1": a}) for s, a in accs]
+
+    grid = runs("none", "cls", [(0, 80.0), (1, 81.0), (2, 82.0)])
+    grid += runs("none", "gap", [(0, 85.0), (1, 86.0), (2, 88.0)])
+    grid += runs("learned_1d", "cls", [(0, 90.0), (1, 90.5), (2, 91.0)])
+    grid += runs("learned_1d", "gap", [(0, 90.5), (1, 90.0)])  # seed 2 unfinished: two pairs
+    rows = {r["label"]: r for r in varied_differences(grid)}
+    assert set(rows) == {"none", "learned_1d"}
+    none, learned = rows["none"], rows["learned_1d"]
+    assert (none["key"], none["reference"], none["value"], none["n"]) == ("pool", "cls", "gap", 3)
+    assert none["mean"] == pytest.approx(16 / 3) and none["resolved"]  # +5, +5, +6
+    assert learned["n"] == 2 and learned["mean"] == pytest.approx(0.0) and not learned["resolved"]
+    text = "\n".join(report.varied_section(list(rows.values())))
+    assert "| none | pool: cls → gap | **+5.33 ± " in text and "| learned_1d | pool: cls → gap | +0.00 ± " in text
 
 
 def test_evaluation_breaks_ties_as_training_does():

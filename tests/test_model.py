@@ -5,6 +5,7 @@ import torch
 from einops import rearrange
 
 from conftest import ALL_COMBINATIONS, PATCH_EMBEDS, POOLS, SCHEMES, perturb_, tiny_vit
+from vit.errors import ConfigError
 from vit.studies.evaluation import shuffle_patches
 
 
@@ -78,6 +79,24 @@ def test_conv_tokenizer_halves_the_grid_per_stage_and_normalises_when_asked():
     cct = ConvTokenizer(patch_size=8, in_chans=3, embed_dim=96, hidden_width=64)  # CCT's in_planes
     widths = [(c.in_channels, c.out_channels) for c in cct.modules() if isinstance(c, torch.nn.Conv2d)]
     assert widths == [(3, 64), (64, 64), (64, 96)]
+
+
+def test_a_circular_tokenizer_marks_no_edge_and_zero_padding_does():
+    from vit.model.patch_embed.conv_tokenizer import ConvTokenizer
+
+    images = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    moved = images.roll(shifts=(4, 8), dims=(2, 3))  # one token down, two right, wrapping round
+    for padding, equivariant in (("circular", True), ("zeros", False)):
+        torch.manual_seed(0)
+        tokenizer = ConvTokenizer(patch_size=4, in_chans=1, embed_dim=32, padding=padding).eval()
+        with torch.no_grad():
+            grid = tokenizer(images).unflatten(1, (7, 7))
+            grid_of_moved = tokenizer(moved).unflatten(1, (7, 7))
+        assert grid.shape == (2, 7, 7, 32)  # the same 7x7 grid either way
+        rolled = torch.allclose(grid_of_moved, grid.roll(shifts=(1, 2), dims=(1, 2)), atol=1e-5)
+        assert rolled == equivariant, padding  # zero padding: border tokens differ from inner ones
+    with pytest.raises(ConfigError, match="padding='reflect'"):
+        ConvTokenizer(patch_size=4, in_chans=1, embed_dim=32, padding="reflect")
 
 
 def test_image_size_not_a_multiple_of_the_patch_raises_naming_both():

@@ -1,20 +1,25 @@
-"""An ablation: a grid of training runs through one Hydra multirun, then an evaluation of
-every checkpoint and the tables a report is made of.
+"""An ablation: a grid of training runs, an evaluation of every checkpoint, and the tables a
+report is made of.
 
-The sweep directory is fixed (`outputs/ablations/NAME/runs`) and every job runs with
-`resume=auto`, so running the same ablation again trains nothing that finished, continues
-what was cut short, and retries what failed.
+The runs' folders are fixed (`outputs/ablations/NAME/runs/<scheme>_seed<k>`) and every run
+trains with `resume=auto`, so running the same ablation again trains nothing that finished,
+continues what was cut short, and retries what failed. Each finished run is also committed as
+a row of `results/ablations/NAME.jsonl` (vit/studies/results.py), which stands in for its
+folder on a machine that does not have it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -23,6 +28,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from vit import registry
+from vit.studies import results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -125,63 +131,113 @@ def run_command(cfg: DictConfig, point: dict[str, str], runs_dir: Path, extra: l
     ]
 
 
-def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1) -> int:
-    """Train every run that has not finished, `jobs` at a time. Returns the sweep's exit code
-    (non-zero when a job failed; the others still ran)."""
+def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book: Book | None = None) -> int:
+    """Train every run that has neither finished in its folder nor a committed row in `book`,
+    `jobs` at a time, each as its own `scripts/train.py`; with a Hydra launcher in `extra`
+    (a cluster), the whole grid as one multirun instead. Each run that finishes is evaluated
+    and its row committed at once (`book`). Returns non-zero when a run failed; the others
+    still ran."""
     runs_dir = out / "runs"
     points = grid_points(sweep_order(cfg))
     todo = [p for p in points if not (runs_dir / folder_name(p) / "summary.json").exists()]
+    committed = [p for p in todo if book is not None and book.row(p) is not None]
+    todo = [p for p in todo if p not in committed]
+    if committed:
+        print(f"{len(committed)} runs of {cfg.name} are committed in {book.ledger.path}; not training them again")
     if not todo:
         print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
         return 0
     print(f"{len(todo)} of {len(points)} runs of {cfg.name} to train" + (f", {jobs} at a time" if jobs > 1 else ""))
-    if jobs == 1:
+    if any(a.lstrip("+~").startswith("hydra/launcher") for a in extra):
         return subprocess.run(sweep_command(cfg, runs_dir, extra)).returncode
     return run_in_parallel(
-        [run_command(cfg, p, runs_dir, extra) for p in todo], [runs_dir / folder_name(p) for p in todo], jobs
+        [run_command(cfg, p, runs_dir, extra) for p in todo],
+        [runs_dir / folder_name(p) for p in todo],
+        jobs,
+        finished=None if book is None else [partial(book.commit, p) for p in todo],
     )
 
 
-def run_in_parallel(commands: list[list[str]], folders: list[Path], jobs: int) -> int:
+def run_in_parallel(
+    commands: list[list[str]], folders: list[Path], jobs: int, finished: list[Callable[[], None]] | None = None
+) -> int:
     """Each command in its own process, `jobs` at a time, each with an equal share of the CPU
     threads (two one-thread runs on 2 cores train more images per second than one two-thread
-    run); a run's console goes to console.log in its folder, and a line per run says how it
-    ended. Returns 1 if any run failed."""
+    run); with jobs > 1 a run's console goes to console.log in its folder. A line per run says
+    how it ended, and `finished[i]()` is called as run i finishes. Returns 1 if any failed."""
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    one = partial(run_logged, env=env)
+    one = partial(run_logged, env=env, quiet=jobs > 1)
+    numbers = [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]
     with ThreadPoolExecutor(jobs) as pool:
-        codes = list(pool.map(one, commands, folders, [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]))
+        codes = list(pool.map(one, commands, folders, numbers, finished or [None] * len(commands)))
     return int(any(codes))
 
 
-def run_logged(command: list[str], folder: Path, number: str, env: dict[str, str]) -> int:
+def run_logged(
+    command: list[str], folder: Path, number: str, finished: Callable[[], None] | None, env: dict, quiet: bool
+) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    with open(folder / "console.log", "a") as console:
-        code = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT, env=env).returncode
+    with open(folder / "console.log", "a") if quiet else contextlib.nullcontext() as console:
+        code = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT if quiet else None, env=env).returncode
     minutes = (time.time() - started) / 60
     if code == 0 and (folder / "summary.json").exists():
         final = json.loads((folder / "summary.json").read_text())["final_val_acc1"]
         print(f"trained {number}: {folder.name}, final acc1 {final:.2f} ({minutes:.1f} min)", flush=True)
+        if finished is not None:
+            finished()
     else:
-        print(f"failed {number}: {folder.name} (exit {code}; see {folder / 'console.log'})", flush=True)
+        where = f"; see {folder / 'console.log'}" if quiet else ""
+        print(f"failed {number}: {folder.name} (exit {code}{where})", flush=True)
     return code
 
 
-def collect(cfg: DictConfig, out: Path, device: str = "cpu") -> list[Run]:
-    """Every grid point with its status, summary, per-epoch history and evaluation
-    (made now, by the code behind scripts/eval.py, for checkpoints not yet evaluated, with
-    a line per run: the evaluation of a long ablation takes minutes)."""
-    runs = [load_run(point, out) for point in grid_points(grid_of(cfg))]
-    todo = [run for run in runs if run.status == "finished" and not run.evaluation]
-    for number, run in enumerate(todo, start=1):
-        started = time.time()
-        print(f"evaluating {number}/{len(todo)}: {run.folder.name} ...", end=" ", flush=True)
-        evaluate_run(run, list(cfg.resolutions) if cfg.resolutions else None, device)
-        e = run.evaluation
-        print(f"acc1 {e['acc1']:.2f}, shuffled {e['shuffled_acc1']:.2f} ({time.time() - started:.0f} s)", flush=True)
+class Book:
+    """An ablation's committed rows (`results.Ledger`) and the config key each grid point must
+    have to count: a run is recorded once it is finished and evaluated, and a committed row
+    stands in for a run folder this machine does not have."""
+
+    def __init__(self, cfg: DictConfig, out: Path, ledger, keys: dict[str, str], device: str = "cpu"):
+        self.cfg, self.out, self.ledger, self.keys, self.device = cfg, out, ledger, keys, device
+        self._evaluating = threading.Lock()  # one evaluation at a time beside the training runs
+
+    def row(self, point: dict[str, str]) -> dict | None:
+        return self.ledger.get(self.keys[folder_name(point)])
+
+    def commit(self, point: dict[str, str]) -> Run:
+        """The point's run from its folder, evaluated if it was not, and its row added when the
+        folder's own config is the grid's (a folder left by other settings is not committed)."""
+        run = load_run(point, self.out)
+        if run.status != "finished":
+            return run
+        if not run.evaluation:
+            with self._evaluating:
+                evaluate_run(run, self.cfg.resolutions, self.device, announce=True)
+        key = self.keys[folder_name(point)]
+        if self.ledger.get(key) is None and results.folder_key(run.folder) == key:
+            row = results.make_row(self.cfg.name, run.folder.name, point, key, run.summary, run.evaluation, run.history)
+            self.ledger.add(row)
+        return run
+
+
+def collect(cfg: DictConfig, out: Path, device: str = "cpu", book: Book | None = None) -> list[Run]:
+    """Every grid point with its status, summary, per-epoch history and evaluation: from its
+    folder (evaluated now, by the code behind scripts/eval.py, if it was not, with a line per
+    run: the evaluation of a long ablation takes minutes), else from its committed row."""
+    runs = []
+    for point in grid_points(grid_of(cfg)):
+        run = load_run(point, out) if book is None else book.commit(point)
+        if run.status == "finished" and not run.evaluation:
+            evaluate_run(run, cfg.resolutions, device, announce=True)
+        row = book.row(point) if book is not None and run.status != "finished" else None
+        runs.append(run_from_row(point, run.folder, row) if row is not None else run)
     return runs
+
+
+def run_from_row(point: dict[str, str], folder: Path, row: dict) -> Run:
+    """A finished run as its committed row holds it (no weights: its folder may not exist)."""
+    return Run(point, folder, "finished", summary=row["summary"], evaluation=row["evaluation"], history=row["history"])
 
 
 def load_run(point: dict[str, str], out: Path) -> Run:
@@ -202,14 +258,23 @@ def load_run(point: dict[str, str], out: Path) -> Run:
     return run
 
 
-def evaluate_run(run: Run, resolutions: list[int] | None, device: str) -> None:
-    """Evaluate the run's last.pt into eval.json (written atomically: a kill leaves none)."""
+def evaluate_run(run: Run, resolutions, device: str, announce: bool = False) -> None:
+    """Evaluate the run's last.pt into eval.json (written atomically: a kill leaves none); with
+    `announce`, a line saying so (an evaluation takes a while)."""
     from vit.studies.evaluation import evaluate_checkpoint  # torch, only once there is something to evaluate
 
-    run.evaluation = evaluate_checkpoint(run.folder / "checkpoints" / "last.pt", resolutions, device)
-    partial = run.folder / "eval.json.tmp"
-    partial.write_text(json.dumps(run.evaluation, indent=2) + "\n")
-    partial.replace(run.folder / "eval.json")
+    started = time.time()
+    if announce:
+        print(f"evaluating {run.folder.name} ...", flush=True)  # whole lines: runs may end side by side
+    sizes = list(resolutions) if resolutions else None
+    run.evaluation = evaluate_checkpoint(run.folder / "checkpoints" / "last.pt", sizes, device)
+    partial_file = run.folder / "eval.json.tmp"
+    partial_file.write_text(json.dumps(run.evaluation, indent=2) + "\n")
+    partial_file.replace(run.folder / "eval.json")
+    if announce:
+        e = run.evaluation
+        scores = f"acc1 {e['acc1']:.2f}, shuffled {e['shuffled_acc1']:.2f}"
+        print(f"evaluated {run.folder.name}: {scores} ({time.time() - started:.0f} s)", flush=True)
 
 
 def result_rows(runs: list[Run]) -> list[dict]:
@@ -282,16 +347,35 @@ def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
         for label in dict.fromkeys(r.label for r in finished if r.scheme != baseline):
             diffs = [r.summary[metric] - base[pairing(r)] for r in finished if r.label == label and pairing(r) in base]
             if diffs:
-                mean, half = statistics.fmean(diffs), ci95(diffs)
-                resolved = len(diffs) > 1 and abs(mean) > half
-                rows.append(
-                    {
-                        "label": label,
-                        "baseline": baseline,
-                        "n": len(diffs),
-                        "mean": mean,
-                        "ci95": half,
-                        "resolved": resolved,
-                    }
-                )
+                rows.append({"label": label, "baseline": baseline, **difference(diffs)})
     return rows
+
+
+def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[dict]:
+    """Along each varied grid key (not the scheme, not the seed), e.g. model.pool: each later
+    value against the key's first, for each scheme, run by run over the seeds both finished."""
+    finished = [r for r in runs if r.status == "finished"]
+    rows = []
+    for key in dict.fromkeys(k for r in runs for k in r.point if k not in ("model/pos_embed", "seed")):
+        values = list(dict.fromkeys(r.point[key] for r in runs))
+
+        def rest(run: Run, key: str = key) -> tuple:  # what a pair shares: all but this key
+            return tuple(sorted((k, v) for k, v in run.point.items() if k != key))
+
+        base = {rest(r): r.summary[metric] for r in finished if r.point[key] == values[0]}
+        for value in values[1:]:
+            groups: dict[str, list[float]] = {}
+            for run in (r for r in finished if r.point[key] == value and rest(r) in base):
+                others = [f"{short(k)}={v}" for k, v in run.point.items() if k not in (key, "model/pos_embed", "seed")]
+                label = " ".join([run.scheme, *others])
+                groups.setdefault(label, []).append(run.summary[metric] - base[rest(run)])
+            along = {"key": short(key), "value": value, "reference": values[0]}
+            rows += [{"label": label, **along, **difference(diffs)} for label, diffs in groups.items()]
+    return rows
+
+
+def difference(diffs: list[float]) -> dict:
+    """Paired differences summed up: how many, their mean, its 95% interval, and whether that
+    interval excludes zero."""
+    mean, half = statistics.fmean(diffs), ci95(diffs)
+    return {"n": len(diffs), "mean": mean, "ci95": half, "resolved": len(diffs) > 1 and abs(mean) > half}

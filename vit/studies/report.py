@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from vit.studies.ablation import Run, paired_differences, result_rows, summary_rows
+from vit.studies.ablation import Run, paired_differences, result_rows, summary_rows, varied_differences
 from vit.studies.evaluation import model_from_checkpoint
 from vit.studies.figures import plt, similarity_mosaic
 
@@ -67,10 +67,14 @@ def plot_resolutions(runs: list[Run], path: Path) -> None:
 
 
 def plot_similarity(runs: list[Run], path: Path) -> bool:
-    """The position-similarity maps of the schemes that have a table, side by side (seed 0)."""
+    """The position-similarity maps of the schemes that have a table, side by side (each
+    scheme's first run whose weights this machine has)."""
     panels = []
     for label, group in by_label(runs).items():
-        model, _, _ = model_from_checkpoint(group[0].folder / "checkpoints" / "last.pt")
+        weights = [p for p in (r.folder / "checkpoints" / "last.pt" for r in group) if p.exists()]
+        if not weights:  # runs known from their committed rows alone
+            continue
+        model, _, _ = model_from_checkpoint(weights[0])
         grid = model.grid_for(*model.img_size)
         table = model.pos_embed.position_table(grid)
         if table is not None:
@@ -151,6 +155,26 @@ def differences_section(pairs: list[dict]) -> list[str]:
         open_ = [p["label"] for p in pairs if p["baseline"] == b and not p["resolved"]]
         ahead, behind, open_ = (", ".join(names) or "no scheme" for names in (ahead, behind, open_))
         lines += ["", f"Against {b}: resolved ahead: {ahead}; resolved behind: {behind}; not resolved: {open_}."]
+    return [*lines, ""]
+
+
+def varied_section(pairs: list[dict]) -> list[str]:
+    """For a grid with a varied key (model.pool: cls, gap): each value against the first, scheme
+    by scheme, paired over the seeds."""
+    if not pairs:
+        return []
+    lines = ["## Along the varied keys", ""]
+    lines += [
+        "Final top-1 at each value minus the same scheme's at the first value, seed by seed, in points: "
+        "mean ± 95% interval; **bold** where the interval excludes zero.",
+        "",
+        "| scheme | change | difference |",
+        "| --- | --- | --- |",
+    ]
+    for p in pairs:
+        text = f"{p['mean']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["n"] > 1 else " (1 seed)")
+        change = f"{p['key']}: {p['reference']} → {p['value']}"
+        lines.append(f"| {p['label']} | {change} | {f'**{text}**' if p['resolved'] else text} |")
     return [*lines, ""]
 
 
@@ -236,6 +260,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         *[f"- {s}" for s in reading(summary, runs)],
         "",
         *differences_section(paired_differences(runs)),
+        *varied_section(varied_differences(runs)),
     ]
     failed = [r for r in runs if r.status != "finished"]
     if failed:

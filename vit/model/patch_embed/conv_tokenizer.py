@@ -10,12 +10,18 @@ Widths double at every stage and end at embed_dim, at least 16 each (for width 6
 patch 4: 32, 64); `hidden_width` sets every stage but the last instead (CCT's own code uses
 64, its `in_planes`). No bias and no normalisation, as published; `batch_norm=True` adds a
 BatchNorm after each convolution, as `conv_stem` has.
+
+`padding="circular"` wraps the image around at its borders, in the convolutions and the
+pools: the tokenizer then treats every place alike (moving the image 4 px moves every token
+one place, with nothing to mark an edge), so it carries no absolute position of its own.
+CCT's zero padding (`zeros`) marks the border tokens, and through them where the others are.
 """
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from vit.errors import ConfigError
 from vit.model.patch_embed.conv_stem import halvings
 
 
@@ -28,17 +34,22 @@ class ConvTokenizer(nn.Module):
         embed_dim: int,
         batch_norm: bool = False,
         hidden_width: int | None = None,
+        padding: str = "zeros",
     ):
         super().__init__()
+        if padding not in ("zeros", "circular"):
+            raise ConfigError(f"conv_tokenizer padding={padding!r}: choose zeros or circular")
         stages = halvings("conv_tokenizer", patch_size)
         layers, width_in = [], in_chans
         for i in range(stages):
             width = embed_dim if i == stages - 1 else hidden_width or max(16, embed_dim // 2 ** (stages - 1 - i))
+            wrap = padding == "circular"
             layers += [
-                nn.Conv2d(width_in, width, kernel_size=3, stride=1, padding=1, bias=False),
+                nn.Conv2d(width_in, width, kernel_size=3, stride=1, padding=1, padding_mode=padding, bias=False),
                 *([nn.BatchNorm2d(width)] if batch_norm else []),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+                *([nn.CircularPad2d(1)] if wrap else []),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=0 if wrap else 1),
             ]
             width_in = width
         self.tokenizer = nn.Sequential(*layers)

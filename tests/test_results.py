@@ -1,0 +1,78 @@
+"""Committed result rows: written whole, read back exactly, and standing in for their runs."""
+
+import json
+
+import pytest
+
+from vit.cli import compose
+from vit.studies import ablation
+from vit.studies.ablation import Book, collect, folder_name, grid_of, grid_points, result_rows, run_sweep
+from vit.studies.results import Ledger, ResultsError, config_key, make_row, read_rows
+
+SUMMARY = {"final_val_acc1": 91.5, "best_val_acc1": 91.7, "params": 1000, "overrides": ["seed=0"], "epochs": 3}
+EVALUATION = {"checkpoint": "/somewhere/last.pt", "acc1": 91.5, "acc1_at": {"20": 80.0}, "shuffled_acc1": 40.0}
+HISTORY = [{"epoch": 1, "train_loss": 1.2, "lr": 0.1, "val_acc1": 88.0}, {"epoch": 2, "val_acc1": 91.5, "x": 1}]
+
+
+def quick(schemes: str = "[none,rope_2d]"):
+    cfg = compose("ablate", [f"ablation.schemes={schemes}"]).ablation
+    points = grid_points(grid_of(cfg))
+    return cfg, points, {folder_name(p): f"key-of-{folder_name(p)}" for p in points}
+
+
+def test_rows_read_back_as_written_and_keep_no_paths(tmp_path):
+    path = tmp_path / "results" / "study.jsonl"
+    ledger = Ledger(path)
+    row = make_row("study", "none_seed0", {"model/pos_embed": "none", "seed": "0"}, "k1", SUMMARY, EVALUATION, HISTORY)
+    ledger.add(row)
+    ledger.add(make_row("study", "a_seed1", {"seed": "1"}, "k2", SUMMARY, EVALUATION, HISTORY))
+    assert [r["run"] for r in read_rows(path)] == ["a_seed1", "none_seed0"]  # one order, whatever finished first
+    assert read_rows(path)[1] == json.loads(json.dumps(row))
+    assert not list(path.parent.glob("*.tmp"))  # replaced whole
+    assert "checkpoint" not in row["evaluation"] and "overrides" not in row["summary"]
+    assert row["overrides"] == ["seed=0"] and row["history"][1] == {"epoch": 2, "val_acc1": 91.5}
+    assert Ledger(path).get("k1") == json.loads(json.dumps(row))
+
+
+def test_a_run_two_studies_share_is_found_in_the_other_studys_file(tmp_path):
+    Ledger(tmp_path / "fmnist_patch.jsonl").add(make_row("fmnist_patch", "r", {}, "shared", SUMMARY, {}, []))
+    pooled = Ledger.in_folder(tmp_path, "fmnist_patch_pool")
+    assert pooled.get("shared")["ablation"] == "fmnist_patch" and pooled.get("other") is None
+    assert pooled.path == tmp_path / "fmnist_patch_pool.jsonl" and not pooled.path.exists()
+
+
+def test_a_damaged_results_file_names_the_file_and_line(tmp_path):
+    path = tmp_path / "study.jsonl"
+    good = json.dumps(make_row("study", "r", {}, "k", SUMMARY, {}, []))
+    for damaged in (good + "\n" + good[: len(good) // 2] + "\n", good + "\n[1, 2]\n"):
+        path.write_text(damaged)
+        with pytest.raises(ResultsError, match=rf"{path}, line 2: .*git checkout -- {path}"):
+            read_rows(path)
+
+
+def test_the_config_key_follows_what_the_run_computes_not_how_it_resumes():
+    base = compose("train", ["experiment=digits"])
+    assert config_key(base) == config_key(compose("train", ["experiment=digits", "resume=auto"]))
+    assert config_key(base) != config_key(compose("train", ["experiment=digits", "trainer.epochs=61"]))
+    assert config_key(base) != config_key(compose("train", ["experiment=digits", "model/pos_embed=rope_2d"]))
+
+
+def test_a_committed_row_stands_in_for_its_run_and_a_stale_one_does_not(tmp_path, monkeypatch, capsys):
+    cfg, points, keys = quick()
+    ledger = Ledger(tmp_path / "quick.jsonl")
+    ledger.add(make_row("quick", "none_seed0", points[0], keys["none_seed0"], SUMMARY, EVALUATION, HISTORY))
+    ledger.add(make_row("quick", "rope_2d_seed0", points[1], "a-config-since-changed", SUMMARY, EVALUATION, HISTORY))
+    started = []
+    monkeypatch.setattr(
+        ablation, "run_in_parallel", lambda commands, folders, jobs, finished: started.extend(folders) or 0
+    )
+    book = Book(cfg, tmp_path / "out", Ledger(tmp_path / "quick.jsonl"), keys)
+    assert run_sweep(cfg, tmp_path / "out", [], 1, book) == 0
+    assert [f.name for f in started] == ["rope_2d_seed0"]  # the stale row does not count
+    assert f"1 runs of quick are committed in {tmp_path / 'quick.jsonl'}" in capsys.readouterr().out
+
+    runs = collect(cfg, tmp_path / "out", "cpu", book)
+    assert [(r.scheme, r.status) for r in runs] == [("none", "finished"), ("rope_2d", "missing")]
+    row = result_rows(runs)[0]
+    assert (row["final_acc1"], row["eval_acc1"], row["acc1_at_20px"], row["shuffled_acc1"]) == (91.5, 91.5, 80.0, 40.0)
+    assert runs[0].history == [{"epoch": 1, "train_loss": 1.2, "val_acc1": 88.0}, {"epoch": 2, "val_acc1": 91.5}]

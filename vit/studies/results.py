@@ -1,0 +1,127 @@
+"""Committed result rows: an ablation's finished runs as small text that outlives the machine.
+
+Run folders under `outputs/` hold checkpoints and are not tracked, so a study of many hours
+would be lost with its machine. Each finished, evaluated run is also one JSON line in
+`results/ablations/NAME.jsonl` (tracked): its grid point, the key of its composed training
+config, its summary, its evaluation and its per-epoch history, a few kilobytes. The ablation
+skips a run whose row is there and rebuilds its report from the rows, so a fresh clone shows
+the tables and plots (all but the position-similarity maps, which need the weights) without
+training anything.
+
+A row counts only for a run of the same composed config: change a training setting of the
+ablation and its old rows no longer match, so those runs train again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_acc1", "val_acc5", "images_per_sec", "epoch_s")
+UNRESULTING = ("resume",)  # top-level keys that do not change what a run computes
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read: a line for the user, not a traceback."""
+
+
+def config_key(cfg) -> str:
+    """A short fingerprint of a composed training config (a DictConfig or plain dict): two runs
+    with the same key train the same model on the same data in the same way."""
+    plain = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    kept = {k: v for k, v in plain.items() if k not in UNRESULTING}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def machine() -> str:
+    """This machine's CPU as /proc/cpuinfo names it, e.g. 'Intel(R) Xeon(R) Processor (family 6,
+    model 167)'; '' where there is no /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", "")
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
+
+
+def make_row(name: str, run: str, point: dict, key: str, summary: dict, evaluation: dict, history: list) -> dict:
+    """One run as a committed row; paths and the overrides list stay out of the numbers."""
+    return {
+        "ablation": name,
+        "run": run,
+        "point": dict(point),
+        "config_key": key,
+        "overrides": summary.get("overrides", []),
+        "cpu": machine(),
+        "summary": {k: v for k, v in summary.items() if k != "overrides"},
+        "evaluation": {k: v for k, v in evaluation.items() if k != "checkpoint"},
+        "history": [{k: r[k] for k in HISTORY_KEYS if k in r} for r in history],
+    }
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a results file ([] when there is none). A damaged file is a ResultsError
+    naming the file and line, never a half-read table."""
+    if not path.exists():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict) or not {"run", "point", "config_key", "summary"} <= row.keys():
+                raise ValueError("not a result row")
+        except ValueError as e:
+            raise ResultsError(
+                f"{path}, line {number}: {e}; restore it from git (git checkout -- {path}) or delete the line"
+            ) from None
+        rows.append(row)
+    return rows
+
+
+def folder_key(folder: Path) -> str | None:
+    """The config key of a run folder, from the config Hydra stored in it (None without one)."""
+    stored = folder / ".hydra" / "config.yaml"
+    return config_key(OmegaConf.load(stored)) if stored.exists() else None
+
+
+class Ledger:
+    """The rows of one results file, by config key, and the one way to add to it; `others`
+    (the other studies' files) are read too, so a run two studies share trains once. Threads
+    of one ablation may add at once (jobs=2); each write replaces the whole file atomically, so
+    a kill leaves the old file or the new one, never half of either."""
+
+    def __init__(self, path: Path, others: list[Path] = ()):
+        self.path = path
+        self.rows = {row["config_key"]: row for row in read_rows(path)}
+        self.known = {row["config_key"]: row for other in others for row in read_rows(other)}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def in_folder(cls, folder: Path, name: str) -> Ledger:
+        """NAME.jsonl in `folder`, with every other study's file there to look up."""
+        return cls(folder / f"{name}.jsonl", sorted(p for p in folder.glob("*.jsonl") if p.stem != name))
+
+    def get(self, key: str) -> dict | None:
+        return self.rows.get(key) or self.known.get(key)
+
+    def add(self, row: dict) -> None:
+        with self._lock:
+            self.rows[row["config_key"]] = row
+            ordered = sorted(self.rows.values(), key=lambda r: (r["ablation"], r["run"], r["config_key"]))
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            partial = self.path.with_name(self.path.name + ".tmp")
+            partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
+            os.replace(partial, self.path)
