@@ -113,6 +113,31 @@ def test_an_ablation_whose_runs_all_finished_trains_nothing(tmp_path, capsys, mo
     assert "all 4 runs of quick have finished; nothing to train" in capsys.readouterr().out
 
 
+def test_a_sweep_first_commits_what_finished_before_it_started(tmp_path, monkeypatch):
+    # a run trained by hand, or in a sitting cut short before its row was written, is committed
+    # before hours of training start, not after them
+    events = []
+
+    class Book:  # the part of ablation.Book a sweep uses
+        ledger = None
+
+        def row(self, point):
+            return {"run": "committed"} if point["model/pos_embed"] == "rope_2d" else None
+
+        def commit(self, point):
+            events.append(("commit", folder_name(point)))
+
+    monkeypatch.setattr(
+        ablation, "run_in_parallel", lambda commands, folders, jobs, finished: events.append(("train", len(folders)))
+    )
+    cfg = compose("ablate", ["ablation.schemes=[none,learned_1d,rope_2d]"]).ablation
+    for name in ("none_seed0", "rope_2d_seed0"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "summary.json").write_text("{}")
+    run_sweep(cfg, tmp_path, [], book=Book())
+    assert events == [("commit", "none_seed0"), ("train", 1)]  # rope_2d had its row; learned_1d trains
+
+
 def test_a_sweep_trains_every_scheme_of_a_seed_before_the_next_seed(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr(

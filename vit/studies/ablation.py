@@ -132,14 +132,19 @@ def run_command(cfg: DictConfig, point: dict[str, str], runs_dir: Path, extra: l
 
 
 def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book: Book | None = None) -> int:
-    """Train every run that has neither finished in its folder nor a committed row in `book`,
-    `jobs` at a time, each as its own `scripts/train.py`; with a Hydra launcher in `extra`
-    (a cluster), the whole grid as one multirun instead. Each run that finishes is evaluated
+    """Commit every finished but uncommitted run first; then train every run that has neither
+    finished in its folder nor a committed row in `book`, `jobs` at a time, each as its own
+    `scripts/train.py`; with a Hydra launcher in `extra` (a cluster), the whole grid as one
+    multirun instead. Each run that finishes is evaluated
     and its row committed at once (`book`). Returns non-zero when a run failed; the others
     still ran."""
     runs_dir = out / "runs"
     points = grid_points(sweep_order(cfg))
-    todo = [p for p in points if not (runs_dir / folder_name(p) / "summary.json").exists()]
+    done = [p for p in points if (runs_dir / folder_name(p) / "summary.json").exists()]
+    for point in done:  # finished before (another sitting, or trained by hand): commit it now
+        if book is not None and book.row(point) is None:
+            book.commit(point)
+    todo = [p for p in points if p not in done]
     committed = [p for p in todo if book is not None and book.row(p) is not None]
     todo = [p for p in todo if p not in committed]
     if committed:
