@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install train describe test gpu-check lint format lock
+.PHONY: install train describe test figures gpu-check lint format lock
 
 install: $(BIN)/.installed
 
@@ -23,6 +23,10 @@ describe: install
 
 test: install
 	$(BIN)/python -m pytest -q -n auto
+
+# every figure of the README and docs/ (docs/figures/*.png), from the committed results/
+figures: install
+	$(BIN)/python scripts/figures.py
 
 # the first run on a GPU machine: versions, CUDA tests, every scheme, syncs, benchmark,
 # the Fashion-MNIST recipe, class folders; writes outputs/gpu_check/report.md (not yet run on a GPU)

@@ -37,7 +37,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from vit import registry
-from vit.cli import ConfigError, check_config, exit_on, fail, instantiate_group, sleep_while_waiting, without_data
+from vit.cli import ConfigError, check_config, exit_on, fail, sleep_while_waiting, without_data
+from vit.instantiate import instantiate_group
 
 
 def ours(cfg: DictConfig, scheme: str, patch_embed: str):

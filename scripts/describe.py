@@ -10,8 +10,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from vit.cli import ConfigError, build_model, check_config, exit_on, without_data
+from vit.cli import ConfigError, check_config, exit_on, without_data
 from vit.errors import TrainingError
+from vit.instantiate import build_model
 
 
 @hydra.main(config_path="../configs", config_name="describe", version_base="1.3")

@@ -13,7 +13,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from vit.cli import ConfigError, check_tta, fail
+from vit.checks import check_tta
+from vit.cli import ConfigError, fail
 
 
 @hydra.main(config_path="../configs", config_name="eval", version_base="1.3")

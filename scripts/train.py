@@ -1,4 +1,4 @@
-"""Train a ViT: `python scripts/train.py [Hydra overrides]`. See the README for the options.
+"""Train a ViT: `python scripts/train.py [Hydra overrides]`. See docs/training.md for the options.
 
     python scripts/train.py experiment=digits                 # offline, about a minute on a CPU
     python scripts/train.py model/pos_embed=rope_2d            # CIFAR-10 with the default preset

@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from data_files import make_class_folders
 from vit import VisionTransformer, registry
-from vit.cli import ConfigError, build_model, check_config, instantiate_group, sleep_while_waiting, with_class_count
+from vit.cli import ConfigError, check_config, sleep_while_waiting
+from vit.instantiate import build_model, instantiate_group, with_class_count
 from vit.registry import options
 from vit.studies.ablation import grid_of
 

@@ -22,7 +22,7 @@ from vit.errors import ConfigError
 from vit.studies.class_folders import export_fashion_mnist
 from vit.studies.loader_speed import loader_speed
 from vit.training.checkpoint import load_checkpoint
-from vit.training.data import DataError, cache_build, decoded_cache
+from vit.training.data import DataError, cache_build, cache_format, decoded_cache
 from vit.training.data.crop_boxes import DRAWS, flips, image_uniforms, resized_crop_boxes
 from vit.training.data.fashion_mnist import FashionMnist
 from vit.training.data.imagefolder import ImageFolderData
@@ -234,8 +234,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_cache(tmp_path, monkeypat
 
 def test_an_interrupted_build_goes_on_where_it_stopped(tmp_path, monkeypatch):
     root = make_jpeg_folders(tmp_path / "tree", per_class=(10, 2))
-    monkeypatch.setattr(decoded_cache, "CHUNK", 4)
-    monkeypatch.setattr(cache_build, "CHUNK", 4)
+    monkeypatch.setattr(cache_format, "CHUNK", 4)
     decode_chunk, decoded = cache_build.decode_chunk, []
 
     def killed_after_two(task):

@@ -146,7 +146,7 @@ def test_the_first_step_is_timed_apart_from_the_throughput(tmp_path, monkeypatch
 
 
 def test_training_from_python_without_hydras_run_state(tmp_path):
-    # the README's "From Python": a composed config and a folder, nothing else
+    # docs/models.md's "From Python": a composed config and a folder, nothing else
     from vit.cli import compose
     from vit.training.trainer import train as train_run
 
@@ -618,7 +618,8 @@ def test_every_process_keeps_rank_0s_ema_under_torchrun(tmp_path):
             assert torch.equal(tensor, ema1[name]), f"{rank0.name}: {name} differs on rank 1"
 
     # the EMA metrics are those of that one EMA: evaluated here, alone, on the whole split
-    from vit.cli import build_model, compose, instantiate_group
+    from vit.cli import compose
+    from vit.instantiate import build_model, instantiate_group
     from vit.training.trainer import evaluate
 
     cfg = compose("train", args)

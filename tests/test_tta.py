@@ -5,7 +5,8 @@ import contextlib
 import pytest
 import torch
 
-from vit.cli import TTA, ConfigError, check_tta
+from vit.checks import TTA, check_tta
+from vit.errors import ConfigError
 from vit.training.data.augment import normalize
 from vit.training.tta import VIEWS, scores, view
 

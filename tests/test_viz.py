@@ -3,7 +3,7 @@ import math
 import torch
 
 from vit.model.pos_embed.sincos_2d import SinCos2d
-from vit.studies.figures import similarity_figure, similarity_mosaic
+from vit.training.similarity_image import similarity_figure, similarity_mosaic
 
 
 def test_similarity_mosaic_puts_each_positions_map_in_its_tile():

@@ -7,31 +7,22 @@ override or value is answered at once, and imports the heavy libraries only afte
 
 from __future__ import annotations
 
-import copy
-import importlib
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
-import hydra
-import omegaconf
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from vit.checks import check_eval_every, check_precision, check_tta
 from vit.errors import ConfigError
+from vit.instantiate import with_class_count
 from vit.model.sizes import SIZE_KEYS, check_vit_sizes
 from vit.registry import CONFIGS
 from vit.training.distributed import launch_time
-
-if TYPE_CHECKING:
-    from torch import nn
-
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-# where a config's own errors are raised: a traceback that stays in these never ran our code
-CONFIG_MACHINERY = tuple(["<frozen"] + [str(Path(module.__file__).parent) for module in (hydra, omegaconf, importlib)])
 
 OmegaConf.register_new_resolver("launch_time", launch_time, replace=True)
 # sweep job folders are named after their overrides, in characters that need no quoting
@@ -46,85 +37,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    while error.__cause__ is not None:
-        error = error.__cause__
-    return error
-
-
-def _ran_code(error: BaseException) -> bool:
-    """True when the error's traceback reaches code other than Hydra's, OmegaConf's and the
-    importer's: the target ran and failed, a bug. An error that never got there (an unknown
-    argument, a target that does not exist, a missing value) is the config's."""
-    frame = error.__traceback__
-    while frame is not None:
-        if not frame.tb_frame.f_code.co_filename.startswith(CONFIG_MACHINERY):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def instantiate_group(cfg: DictConfig, group: str):
-    """`hydra.utils.instantiate(cfg.<group>)`. A bad value (our checks' ConfigError, or an
-    argument, target or value the code never got to see) is one clear ConfigError; a
-    DataError stays one; any other error from inside our code is a bug and is raised as
-    it is, traceback and all."""
-    from vit.training.data import DataError
-
-    try:
-        return hydra.utils.instantiate(cfg[group])
-    except (hydra.errors.InstantiationException, OmegaConfBaseException) as e:
-        cause = _root_cause(e)
-        if isinstance(cause, ConfigError):
-            message = str(cause)
-            raise ConfigError(message if message.startswith(f"{group}:") else f"{group}: {message}") from None
-        if isinstance(cause, DataError) or (cause is not e and _ran_code(cause)):
-            raise cause from None
-        message = str(cause).splitlines()[0]
-        raise ConfigError(f"{group}: {message}" if isinstance(cause, (TypeError, ImportError)) else message) from None
-
-
-def build_model(cfg: DictConfig) -> nn.Module:
-    return instantiate_group(cfg, "model")
-
-
-def with_class_count(cfg: DictConfig) -> DictConfig:
-    """A copy of cfg with data.num_classes filled in when it is left to the data (null, class
-    folders): the model, the checkpoint and the resume checks all read the number."""
-    if cfg.data.get("num_classes", 0) is not None:
-        return cfg
-    cfg = copy.deepcopy(cfg)
-    cfg.data.num_classes = instantiate_group(cfg, "data").class_count()
-    return cfg
-
-
 def without_data(cfg: DictConfig) -> DictConfig:
     """with_class_count for a script that builds the model only: without the data, one line
     that says what to set."""
-    from vit.training.data import DataError
+    from vit.errors import DataError
 
     try:
         return with_class_count(cfg)
     except DataError as e:
         fail(f"{e}; or set data.num_classes to build the model without the data")
-
-
-def check_precision(name: str) -> None:
-    if name not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be {', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}, got {name!r}")
-
-
-def check_eval_every(every) -> None:
-    if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-        raise ConfigError(f"trainer.eval_every must be a whole number of epochs >= 1, got {every!r}")
-
-
-TTA = ("none", "flip", "flip_shift")  # vit/training/tta.py's views, named without importing torch
-
-
-def check_tta(tta, key: str = "trainer.tta") -> None:
-    if tta not in TTA:
-        raise ConfigError(f"{key} must be one of {', '.join(TTA)}, got {tta!r}")
 
 
 def check_config(cfg: DictConfig) -> None:

@@ -13,3 +13,7 @@ class ConfigError(ValueError):
 class TrainingError(Exception):
     """A run that cannot go on (a diverging loss, a run folder that holds another run):
     one line and exit code 1."""
+
+
+class DataError(Exception):
+    """Data that is missing or does not match the config: one line, exit code 1."""

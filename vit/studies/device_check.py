@@ -125,7 +125,8 @@ def scheme_steps(scheme: str, device_name: str, compiled: bool, small: bool, ste
     """One scheme's kernel and operator count, then its training step as the benchmark times it."""
     import torch
 
-    from vit.cli import build_model, compose
+    from vit.cli import compose
+    from vit.instantiate import build_model
     from vit.studies.attention_kernel import attention_kernels
     from vit.studies.benchmark import Bench, Variant, sync, timed
     from vit.studies.op_count import step_ops
@@ -183,7 +184,8 @@ def host_syncs(device_name: str) -> dict | Check:
 def step_syncs(overrides: list[str]) -> dict:
     import torch
 
-    from vit.cli import compose, with_class_count
+    from vit.cli import compose
+    from vit.instantiate import with_class_count
     from vit.training import trainer
 
     cfg = with_class_count(compose("train", [*overrides, "trainer.log_every=1000"]))

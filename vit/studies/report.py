@@ -10,7 +10,7 @@ import torch
 
 from vit.studies.ablation import Run, paired_differences, result_rows, summary_rows, varied_differences
 from vit.studies.evaluation import model_from_checkpoint
-from vit.studies.figures import plt, similarity_mosaic
+from vit.training.similarity_image import plt, similarity_mosaic
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

@@ -25,6 +25,8 @@ from collections import defaultdict
 import torch
 from torch import Tensor
 
+from vit.training.optimizer_state import load_keeping_kernel
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of Jordan et al., as in torch
 
 
@@ -97,8 +99,6 @@ class MuonWithAdamW(torch.optim.Optimizer):
             raise ValueError(
                 "the checkpoint's optimizer state is not Muon with AdamW (was it trained with optim=adamw?)"
             )
-        from vit.training.optim import load_optimizer_state
-
         self.muon.load_state_dict(state_dict["muon"])
-        load_optimizer_state(self.adamw, state_dict["adamw"])
+        load_keeping_kernel(self.adamw, state_dict["adamw"])
         self.bind_groups()  # loading replaces each part's group dicts

@@ -10,6 +10,7 @@ from torch import nn
 
 from vit.errors import ConfigError
 from vit.training.muon import Muon, MuonWithAdamW
+from vit.training.optimizer_state import load_keeping_kernel
 
 
 def build_optimizer(
@@ -43,20 +44,11 @@ def build_optimizer(
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """The saved moments, steps and hyper-parameters, with this device's kernel kept: torch
-    takes `fused` and `foreach` from the saved groups too, so a checkpoint from another
-    device (or from before fused AdamW on the CPU) would silently change the kernel."""
+    """The saved moments, steps and hyper-parameters, with this device's kernel kept."""
     if isinstance(optimizer, MuonWithAdamW):
-        optimizer.load_state_dict(state)  # its AdamW part through here
-        return
-    kernels = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-    optimizer.load_state_dict(state)
-    for group, kernel in zip(optimizer.param_groups, kernels, strict=True):
-        group.update(kernel)
-        for p in group["params"] if group["fused"] else []:  # fused kernels take the step on the device
-            step = optimizer.state.get(p, {}).get("step")
-            if step is not None:
-                optimizer.state[p]["step"] = step.to(device=p.device, dtype=torch.float32)
+        optimizer.load_state_dict(state)  # each part through load_keeping_kernel
+    else:
+        load_keeping_kernel(optimizer, state)
 
 
 def warmup_epochs(setting: float | str, epochs: int) -> float:

@@ -33,8 +33,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from vit.cli import build_model, check_eval_every, check_tta, instantiate_group, with_class_count
+from vit.checks import check_eval_every, check_tta
 from vit.errors import ConfigError, TrainingError
+from vit.instantiate import build_model, instantiate_group, with_class_count
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
 from vit.training.data.augment import normalize
@@ -492,7 +493,7 @@ def log_epoch(run: Run, record: dict, runlog: RunLog) -> None:
         grid = run.model.grid_for(*run.model.img_size)
         table = run.model.pos_embed.position_table(grid)
         if table is not None:
-            from vit.studies.figures import similarity_figure  # matplotlib, only for the schemes with a table
+            from vit.training.similarity_image import similarity_figure  # matplotlib, only for the schemes with a table
 
             runlog.figure("pos_embed/similarity", similarity_figure(table, grid), record["step"])
     val = (

@@ -2,6 +2,6 @@
 its `loaders(...)` give batches of uint8 images and int64 labels on the training device,
 which the trainer normalises (and, for in-memory data, augments) there."""
 
+from vit.errors import DataError
 
-class DataError(Exception):
-    """Data that is missing or does not match the config: reported as one line."""
+__all__ = ["DataError"]

@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from vit.training.data import DataError
-from vit.training.data.decoded_cache import CHUNK, CacheSpec, chunk_digest
+from vit.training.data import DataError, cache_format
+from vit.training.data.cache_format import CacheSpec, chunk_digest
 from vit.training.disk import disk_full
 
 CHANNELS = {"RGB": 3, "L": 1}
@@ -134,7 +134,7 @@ def allocate(path: Path, size: int) -> None:
 
 def decode_all(partial: Path, index: np.ndarray, samples, spec: CacheSpec, workers: int) -> None:
     done_path = partial / "done.npy"
-    chunks = -(-len(samples) // CHUNK)
+    chunks = -(-len(samples) // cache_format.CHUNK)
     done = np.load(done_path) if done_path.exists() else np.zeros(chunks, dtype=bool)
     todo = [c for c in range(chunks) if not done[c]]
     tasks = [(c, [(samples[i][0], *index[i]) for i in chunk_range(c, len(samples))], spec) for c in todo]
@@ -148,7 +148,7 @@ def decode_all(partial: Path, index: np.ndarray, samples, spec: CacheSpec, worke
 
 
 def chunk_range(chunk: int, count: int) -> range:
-    return range(chunk * CHUNK, min(count, (chunk + 1) * CHUNK))
+    return range(chunk * cache_format.CHUNK, min(count, (chunk + 1) * cache_format.CHUNK))
 
 
 def finish(partial: Path, folder: Path, wanted: dict, index: np.ndarray, samples, spec: CacheSpec) -> None:
@@ -156,7 +156,7 @@ def finish(partial: Path, folder: Path, wanted: dict, index: np.ndarray, samples
     channels = CHANNELS[spec.mode]
     total = total_bytes(index, channels)
     pixels = np.memmap(partial / "pixels.u8", dtype=np.uint8, mode="r")
-    digests = [chunk_digest(pixels, index, channels, c) for c in range(-(-len(samples) // CHUNK))]
+    digests = [chunk_digest(pixels, index, channels, c) for c in range(-(-len(samples) // cache_format.CHUNK))]
     del pixels
     labels = np.array([label for _, label in samples], dtype=np.int64)
     write_atomic(partial / "labels.npy", lambda f: np.save(f, labels))

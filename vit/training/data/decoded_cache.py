@@ -6,7 +6,7 @@ One folder per (data.root, split, classes, channels) under data.cache_dir, holdi
   index.npy      (N, 3) int64: byte offset, height, width of each image
   labels.npy     (N,) int64
   manifest.json  what it was built from (each file's size and mtime, the classes, the sizes)
-                 and a digest of each chunk of images
+                 and a digest of each chunk of images (cache_format.py)
 Training images are stored with their shorter side at most `size` (torchvision's Resize, so
 the crop sees the whole image); validation images at their final resize and centre crop.
 
@@ -29,23 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vit.training.data import DataError
+from vit.training.data import DataError, cache_format
+from vit.training.data.cache_format import FORMAT, CacheSpec
 
-FORMAT = 1
-CHUNK = 256  # images per unit of building, resuming and checking
 SAMPLED_CHUNKS = 8  # chunks whose digest is checked each time a cache is opened
 
 log = logging.getLogger("vit")
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """What decides a cache's content besides the files."""
-
-    split: str  # "train": shorter side at most `size`; "val": resize to `resize`, centre crop `size`
-    mode: str  # PIL mode: "RGB" or "L"
-    size: int
-    resize: int = 0  # val only
 
 
 @dataclass
@@ -172,9 +161,10 @@ def damage(split: DecodedSplit, manifest: dict) -> str | None:
     if count and (index[0, 0] != 0 or ends[-1] != total or (index[1:, 0] != ends[:-1]).any()):
         return "damaged (index.npy does not tile pixels.u8)"
     digests = manifest["chunk_digests"]
+    chunk = cache_format.CHUNK
     for c in sampled_chunks(len(digests)):
-        if chunk_digest(pixels, index, channels, c) != digests[c]:
-            return f"damaged (the pixels of images {c * CHUNK} to {min(count, (c + 1) * CHUNK) - 1} changed)"
+        if cache_format.chunk_digest(pixels, index, channels, c) != digests[c]:
+            return f"damaged (the pixels of images {c * chunk} to {min(count, (c + 1) * chunk) - 1} changed)"
     return None
 
 
@@ -183,12 +173,6 @@ def sampled_chunks(chunks: int) -> list[int]:
     if chunks <= SAMPLED_CHUNKS:
         return list(range(chunks))
     return sorted(set(np.linspace(0, chunks - 1, SAMPLED_CHUNKS).round().astype(int).tolist()))
-
-
-def chunk_digest(pixels: np.ndarray, index: np.ndarray, channels: int, chunk: int) -> str:
-    first, last = chunk * CHUNK, min(len(index), (chunk + 1) * CHUNK) - 1
-    start, (offset, h, w) = index[first, 0], index[last]
-    return hashlib.blake2b(pixels[start : offset + h * w * channels], digest_size=16).hexdigest()
 
 
 def read(folder: Path, manifest: dict | None = None) -> DecodedSplit:

@@ -134,8 +134,9 @@ class ImageFolderData(DataSource):
         return make(train, True), make(val, False)
 
     def cached_loaders(self, train: ClassFolders, val: ClassFolders, device, rank: int, world: int, seed: int):
+        from vit.training.data.cache_format import CacheSpec
         from vit.training.data.cached_batches import CachedBatches
-        from vit.training.data.decoded_cache import CacheSpec, open_cache
+        from vit.training.data.decoded_cache import open_cache
 
         mode = "L" if self.in_chans == 1 else "RGB"
         specs = {

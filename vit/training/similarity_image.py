@@ -1,4 +1,5 @@
-"""Figures: how similar each patch position's embedding is to every other (ViT paper, Fig. 7)."""
+"""How similar each patch position's embedding is to every other (ViT paper, Fig. 7): the image
+the trainer logs to TensorBoard, and the mosaic the studies' figures reuse."""
 
 from __future__ import annotations
 
