@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-# the tests that check CPU behaviour with a GPU present: they must pin the CPU (issue 18)
+# the tests that check CPU behaviour with a GPU present: they must pin the CPU
 CPU_BEHAVIOUR_TESTS = [
     "tests/test_train.py::test_interrupted_and_killed_runs_resume_to_bit_identical_weights",
     "tests/test_train.py::test_two_gloo_processes_through_torchrun_match_one_process",

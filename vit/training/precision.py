@@ -5,7 +5,7 @@
 - A CPU with native bf16 units (AMX or AVX-512 BF16): bf16 autocast, with torch's math
   attention kernel. Its fused CPU kernel is slow in bf16's backward pass: on a 2-core AMX
   machine, vit_cifar's training step ran at 32 img/s with it, 88 with the math kernel and 71
-  in fp32 (issue 12).
+  in fp32.
 - Any other CPU: fp32. Without those units bf16 is emulated: the same step ran 18x slower
   than fp32 on a 2-core AMD EPYC with AVX2 only (5.6 against 101 img/s).
 """
