@@ -24,6 +24,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from vit.cli import ConfigError, check_config, compose, fail
+from vit.folder_lock import FolderInUse, folder_lock
 from vit.studies.ablation import Book, collect, folder_name, grid_of, grid_points, run_sweep
 from vit.studies.results import Ledger, ResultsError, config_key
 
@@ -42,9 +43,17 @@ def main(argv: list[str]) -> int:
         ledger = Ledger.in_folder(Path(cfg.results_dir).resolve(), cfg.ablation.name)
     except (HydraException, OmegaConfBaseException, ConfigError, ResultsError) as e:
         fail(str(e).splitlines()[0])
-    ablation = cfg.ablation
     out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out, "ablation folder"):  # one ablate.py per ablation; each run holds its own folder
+            return ablate(cfg, out, argv, extra, ledger, keys)
+    except FolderInUse as e:
+        fail(str(e), code=1)
+
+
+def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, keys: dict[str, str]) -> int:
+    """Train what is missing, evaluate, commit the rows and write the report."""
+    ablation = cfg.ablation
     import torch
 
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device

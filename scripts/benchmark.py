@@ -1,6 +1,7 @@
 """Benchmark our ViT against timm's with the same configuration, and every positional scheme
 and patch embedding against learned_1d + conv: training and inference images/s, the peak
-memory of a training step, FLOPs per image and (on H100/H200) model FLOPs utilisation.
+memory of a training step, FLOPs per image, the step's fraction of this machine's own GEMM
+rate (measured in the same run, in each precision) and (on H100/H200) model FLOPs utilisation.
 
     python scripts/benchmark.py                                   # the CIFAR preset, batch 128
     python scripts/benchmark.py model=vit_small data=imagefolder data.num_classes=100 benchmark.batch_size=256
@@ -21,6 +22,11 @@ step fed by the run's data loader, a whole epoch per round, to show what loading
 against the decoded cache (data.cache), and the cache's build time and size:
 
     python scripts/benchmark.py data=imagefolder data.root=DIR data.img_size=224 benchmark.loader=only
+
+`benchmark.profile=true` instead lists where the configured training step's time goes, by
+operator and by kind, with the configured optimizer, compiled as `trainer.compile` says:
+
+    python scripts/benchmark.py experiment=fashion_mnist benchmark.profile=true benchmark.steps=20
 
 Prints a markdown table and the headline ratios; writes the same figures as JSON to
 outputs/benchmarks/.
@@ -137,6 +143,59 @@ def loader_only(cfg: DictConfig, device) -> None:
     write_report({"setting": setting, **report}, b.out_dir, "loaders")
 
 
+def profile(cfg: DictConfig, device, amp) -> None:
+    """benchmark.profile=true: the configured training step by operator (vit/studies/profile_step.py)."""
+    import dataclasses
+
+    import torch
+
+    from vit.studies.benchmark import Bench, Variant
+    from vit.studies.gemm_rate import gemm_tflops
+    from vit.studies.profile_step import markdown, profile_steps
+    from vit.training.precision import precision_name
+
+    b, m, compiled = cfg.benchmark, cfg.model, bool(cfg.trainer.compile)
+    variant = Variant("ours", partial(instantiate_group, cfg, "model"), compiled=compiled, amp=amp)
+    variant.optimizer = cfg.optim.name
+    # inductor's generated kernels as operators of their own, not one opaque compiled region
+    with torch._inductor.config.patch({"cpp.enable_kernel_profile": True}):
+        bench = Bench(
+            variant, batch=b.batch_size, img_size=m.img_size, in_chans=m.in_chans, classes=m.num_classes, device=device
+        )
+        for _ in range(b.warmup):
+            bench.train_step()
+        rows, wall_ms = profile_steps(bench.train_step, b.steps, device)
+    gemm = gemm_tflops(device, amp or torch.float32)
+    name = precision_name(amp)
+    print(
+        f"{device_name(device)}, {name}, {cfg.optim.name}, {'compiled' if compiled else 'eager'}, batch "
+        f"{b.batch_size}, {b.steps} steps after {b.warmup}; "
+        f"this machine's {name} GEMM rate: {1000 * gemm:,.0f} GFLOP/s\n"
+    )
+    print(markdown(rows, wall_ms, gemm))
+    setting = {
+        "device": device_name(device),
+        "precision": name,
+        "optimizer": cfg.optim.name,
+        "compiled": compiled,
+        "batch_size": b.batch_size,
+        "steps": b.steps,
+        "gemm_tflops": gemm,
+        "step_ms": wall_ms,
+        "model": OmegaConf.to_container(cfg.model, resolve=True),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    write_report({"setting": setting, "operators": [dataclasses.asdict(r) for r in rows]}, b.out_dir, "profile")
+
+
+def device_name(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
 def write_report(report: dict, out_dir: str, kind: str) -> None:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +225,7 @@ def main(cfg: DictConfig) -> None:
     import torch
 
     from vit.errors import TrainingError
-    from vit.studies.benchmark import headlines, markdown, results, run
+    from vit.studies.benchmark import gemm_line, headlines, markdown, results, run
     from vit.training.device import choose_device
     from vit.training.precision import allow_tf32, choose_precision, precision_name
 
@@ -177,29 +236,33 @@ def main(cfg: DictConfig) -> None:
     b, m = cfg.benchmark, cfg.model
     amp = exit_on({ConfigError: 2}, lambda: choose_precision(cfg.trainer.precision, device))
     allow_tf32()  # as the trainer: fp32 matrix products on tensor cores
+    if b.profile:
+        exit_on({ConfigError: 2}, lambda: instantiate_group(cfg, "model"))  # a bad model value: one line
+        return profile(cfg, device, amp)
     both, cuda = [False, True], device.type == "cuda"
     compiled = {"auto": both if cuda else [False], "both": both, True: [True], False: [False]}[b.compile]
     loader, mean_std = data_loader(cfg, device)
     chosen = variants(cfg, compiled, amp, loader)
     exit_on({ConfigError: 2}, lambda: [v.build() for v in chosen[:1]])  # a bad model value: one line
-    run(chosen, b.batch_size, m.img_size, m.in_chans, m.num_classes, device, b.warmup, b.steps, b.rounds, mean_std)
-    rows = results(chosen, device)
+    gemm = run(
+        chosen, b.batch_size, m.img_size, m.in_chans, m.num_classes, device, b.warmup, b.steps, b.rounds, mean_std
+    )
+    rows = results(chosen, device, gemm)
     setting = {
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": device_name(device),
         "precision": precision_name(amp),
         "batch_size": b.batch_size,
         "img_size": m.img_size,
         "model": OmegaConf.to_container(cfg.model, resolve=True),
         "steps": b.steps,
         "rounds": b.rounds,
+        "gemm_tflops": gemm,
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
     }
     print(
         f"{setting['device']}, {setting['precision']}, batch {b.batch_size}, {m.img_size} px, "
-        f"median of {b.rounds} interleaved rounds of {b.steps} steps\n"
+        f"median of {b.rounds} interleaved rounds of {b.steps} steps; {gemm_line(gemm)}\n"
     )
     print(markdown(rows))
     lines = headlines(rows)

@@ -37,6 +37,7 @@ def main(cfg: DictConfig) -> float | None:
     sleep_while_waiting(cfg)
 
     from vit.errors import TrainingError
+    from vit.folder_lock import FolderInUse
     from vit.training.checkpoint import CheckpointError
     from vit.training.data import DataError
     from vit.training.trainer import train
@@ -45,7 +46,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         result = train(cfg, run_dir, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
     except BaseException as e:
-        if not isinstance(e, (KeyboardInterrupt, SystemExit)) and distributed.current().is_main:
+        theirs = isinstance(e, FolderInUse)  # the folder is another process's: write nothing there
+        if not isinstance(e, (KeyboardInterrupt, SystemExit)) and distributed.current().is_main and not theirs:
             # the sweep (and the ablation report) can tell a failed run from a missing one
             with contextlib.suppress(OSError):
                 (run_dir / "error.txt").write_text("".join(traceback.format_exception(e)))

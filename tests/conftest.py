@@ -33,13 +33,20 @@ DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
 
 
 @pytest.fixture(autouse=True)
-def scripts_see_no_gpu(request, monkeypatch):
-    """The end-to-end tests check CPU behaviour (bit-exact resume, Gloo processes, fp32): the
-    scripts they start see no GPU, even on a machine with one, and runs.train pins their
-    in-process runs to the CPU (torch has already looked for a GPU here). Tests marked `cuda`
-    are exempt."""
-    if request.node.get_closest_marker("cuda") is None:
-        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+def cpu_tests_see_no_gpu(request):
+    """The tests of CPU behaviour (bit-exact resume, Gloo processes, fp32) run on the CPU even
+    on a machine with a GPU: the scripts they start see none (CUDA_VISIBLE_DEVICES), and in
+    this process torch reports none, so `trainer.device=auto` is the CPU. The pin is its own
+    MonkeyPatch, not the test's: a test's `monkeypatch.undo()` cannot lift it. Tests marked
+    `cuda` are exempt."""
+    if request.node.get_closest_marker("cuda") is not None:
+        yield
+        return
+    with pytest.MonkeyPatch.context() as pin:
+        pin.setenv("CUDA_VISIBLE_DEVICES", "")
+        pin.setattr(torch.cuda, "is_available", lambda: False)
+        pin.setattr(torch.cuda, "device_count", lambda: 0)
+        yield
 
 
 ALL_COMBINATIONS = list(itertools.product(PATCH_EMBEDS, POOLS, SCHEMES))

@@ -14,6 +14,7 @@ from data_files import make_class_folders
 from runs import one_error_line, script
 from vit import registry
 from vit.studies.benchmark import Variant, forward_flops, peak_tflops, results, run
+from vit.studies.profile_step import kind_of
 
 
 def vit_matmul_flops(
@@ -58,9 +59,12 @@ def test_compiled_variants_are_costed_against_the_compiled_reference():
         variant("ours learned_1d conv +compile", True, [200.0]),
         variant("timm learned_1d conv +compile", True, [250.0]),
     ]
-    rows = results(eager_only + compiled_only, torch.device("cpu"))
+    gemm = {"fp32": [0.5, 0.4, 0.1]}  # TFLOP/s, once a round: the median is the rate
+    rows = results(eager_only + compiled_only, torch.device("cpu"), gemm)
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 1.25, 1.0, 0.8]
-    rows = results(compiled_only, torch.device("cpu"))  # benchmark.compile=true: no eager reference
+    # 1 GFLOP an image: 100 images/s is 100 GFLOP/s, a quarter of a 400 GFLOP/s product
+    assert [r["of_gemm"] for r in rows] == pytest.approx([0.25, 0.2, 0.5, 0.625])
+    rows = results(compiled_only, torch.device("cpu"), gemm)  # benchmark.compile=true: no eager reference
     assert [r["train_step_cost_vs_ours_learned_1d"] for r in rows] == [1.0, 0.8]
 
 
@@ -136,9 +140,14 @@ def test_benchmark_script_table_and_json(tmp_path):
         assert rows[name]["train_gflops_per_image"] == pytest.approx((flops + extra) / 1e9, rel=1e-12), name
     for name in stems:  # a convolutional stem does more work than a linear map of each patch
         assert rows[name]["train_gflops_per_image"] > reference["train_gflops_per_image"]
+    gemm = report["setting"]["gemm_tflops"]  # measured once a round, in each row's precision
+    assert list(gemm) == ["fp32"] and len(gemm["fp32"]) == 2 and min(gemm["fp32"]) > 0
     for row in rows.values():
         assert row["train_images_per_sec"] > 0 and row["infer_images_per_sec"] > 0 and row["mfu"] is None
+        step = row["train_images_per_sec"] * row["train_gflops_per_image"] / 1000
+        assert row["of_gemm"] == pytest.approx(step / statistics.median(gemm["fp32"]))
     assert report["setting"]["precision"] == "fp32" and report["setting"]["batch_size"] == 8
+    assert "this machine's GEMM rate (a square product): fp32 " in proc.stdout
     assert "| timm learned_1d conv |" in proc.stdout
 
 
@@ -176,7 +185,11 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
     rows = {r["variant"]: r for r in report["results"]}
     fed, default = "ours learned_1d conv, fed by the data loader", "timm learned_1d conv at its default fp32"
     assert set(rows) == expected_variants([False], report["setting"]["precision"]) | {fed}  # as test_cuda reads it
-    assert report["setting"]["precision"] == "bf16"
+    assert report["setting"]["precision"] == "bf16" and set(report["setting"]["gemm_tflops"]) == {"bf16", "fp32"}
+    assert rows[default]["of_gemm"] * rows[default]["gemm_tflops"] == pytest.approx(
+        rows[default]["train_images_per_sec"] * rows[default]["train_gflops_per_image"] / 1000
+    )
+    assert rows[default]["gemm_tflops"] == statistics.median(report["setting"]["gemm_tflops"]["fp32"])
     kernels = {r["attention_kernel"] for r in report["results"] if r["precision"] == "bf16"}
     assert kernels == {"math"}  # bf16 on a CPU: the math kernel
     assert [rows[name]["precision"] for name in ("ours learned_1d conv", fed, default)] == ["bf16", "bf16", "fp32"]
@@ -217,3 +230,50 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
 )
 def test_mfu_divides_by_the_cards_own_peak_for_the_rows_precision(card, bf16, fp32):
     assert (peak_tflops(card, "bf16"), peak_tflops(card, "fp32")) == (bf16, fp32)
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("aten::mm", "matrix products"),
+        ("aten::baddbmm", "matrix products"),  # Muon's Newton-Schulz iterations
+        ("aten::convolution_backward", "matrix products"),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", "attention kernel"),
+        ("aten::_fused_adamw_", "optimizer"),
+        ("aten::_foreach_lerp_", "optimizer"),
+        ("graph_0_cpp_fused_add_native_layer_norm_0", "compiled fused kernels"),
+        ("aten::clamp_min_", "normalisation, activations, pooling"),  # the tokenizer's ReLU
+        ("aten::t", "copies and layout"),
+        ("aten::tanh", "other"),
+    ],
+)
+def test_the_profile_sorts_operators_by_the_work_they_do(name, kind):
+    assert kind_of(name) == kind
+
+
+def test_benchmark_profile_lists_the_configured_step_by_operator(tmp_path):
+    proc = script(
+        "benchmark.py",
+        "model.depth=1",
+        "model.embed_dim=32",
+        "model.num_heads=2",
+        "optim=muon",
+        "trainer.precision=fp32",
+        "benchmark.batch_size=8",
+        "benchmark.steps=2",
+        "benchmark.warmup=1",
+        "benchmark.profile=true",
+        f"benchmark.out_dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(next(tmp_path.glob("profile_*.json")).read_text())
+    setting, operators = report["setting"], report["operators"]
+    assert (setting["optimizer"], setting["precision"], setting["compiled"]) == ("muon", "fp32", False)
+    assert setting["gemm_tflops"] > 0 and setting["step_ms"] > 0
+    kinds = {op["kind"] for op in operators}
+    assert {"matrix products", "optimizer"} <= kinds  # the model's products, and Muon with AdamW's step
+    assert sum(op["gflop"] for op in operators if op["kind"] == "matrix products") > 0
+    times = [op["self_ms"] for op in operators]
+    assert times == sorted(times, reverse=True) and min(times) > 0  # the busiest first
+    assert "| kind | ms/step | share |" in proc.stdout and "timm" not in proc.stdout  # no comparison

@@ -1,6 +1,7 @@
 """trainer.device: a GPU the driver shows but torch cannot use is an error, and cuda:N is
 the GPU that runs the kernels."""
 
+import os
 import subprocess
 
 import pytest
@@ -59,3 +60,13 @@ def test_the_chosen_gpu_becomes_the_current_one(monkeypatch):
     assert choose_device("cuda:1") == torch.device("cuda", 1)
     assert choose_device("cuda") == torch.device("cuda", 0)
     assert current == [torch.device("cuda", 1), torch.device("cuda", 0)]
+
+
+def test_a_cpu_test_cannot_lose_its_cpu_pin(monkeypatch):
+    # conftest pins every test not marked cuda to the CPU; undoing the test's own patches
+    # (as a test of a full disk does, to let the run go on) must not lift that pin
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    monkeypatch.undo()
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ""  # the scripts this test starts see no GPU
+    assert not torch.cuda.is_available() and choose_device("auto") == torch.device("cpu")

@@ -7,10 +7,12 @@ import pytest
 import torch
 
 from runs import TINY, train
+from vit.cli import compose
 from vit.model.vision_transformer import VisionTransformer
 from vit.training.checkpoint import load_checkpoint
 from vit.training.muon import Muon, MuonWithAdamW
 from vit.training.optim import build_optimizer, load_optimizer_state, warmup_cosine
+from vit.training.trainer import StopRequest, build
 
 PROBE = ["experiment=probe", "data.num_train=256", "data.num_val=128", *TINY]
 
@@ -102,3 +104,59 @@ def test_our_batched_muon_steps_as_torchs_muon_does():
             assert torch.allclose(p, q, atol=1e-3, rtol=0), step
     with pytest.raises(ValueError, match="2-D weight matrices only"):
         Muon([torch.zeros(3, requires_grad=True)], lr=0.1, weight_decay=0)
+
+
+def newton_schulz_update(optimizer: Muon, steps: int = 1) -> list[torch.Tensor]:
+    """The change that `steps` steps of fixed gradients make to Muon's matrices."""
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    before = [p.detach().clone() for p in params]
+    torch.manual_seed(1)
+    grads = [torch.randn(p.shape).to(p.dtype) for p in params]  # the same draws in any dtype
+    for _ in range(steps):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+    return [p.detach() - b for p, b in zip(params, before, strict=True)]
+
+
+def reference_update(optimizer: Muon) -> list[torch.Tensor]:
+    """The same step with the Newton-Schulz iterations in fp64."""
+    twin = Muon(
+        [p.detach().double().requires_grad_() for g in optimizer.param_groups for p in g["params"]],
+        lr=optimizer.param_groups[0]["lr"],
+        weight_decay=optimizer.param_groups[0]["weight_decay"],
+        ns_dtype=torch.float64,
+    )
+    return newton_schulz_update(twin)
+
+
+@pytest.mark.parametrize(("precision", "fp32"), [("auto", True), ("fp32", True), ("bf16", False)])
+def test_an_fp32_run_orthogonalises_in_fp32(tmp_path, monkeypatch, precision, fp32):
+    # the AVX2 stand-in's variable hides the bf16 units of the CPU at hand, so that auto is fp32
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    cfg = compose("train", [*PROBE, "optim=muon", "trainer.device=cpu", f"trainer.precision={precision}"])
+    run = build(cfg, tmp_path, StopRequest())
+    run.stop.restore()
+    muon = run.optimizer.muon
+    expected = reference_update(muon)
+    worst = max((u.double() - e).abs().max().item() for u, e in zip(newton_schulz_update(muon), expected, strict=True))
+    scale = max(e.abs().max().item() for e in expected)
+    if fp32:
+        assert worst < 1e-4 * scale  # fp32's rounding alone, of the update and of the weights
+    else:
+        assert worst > 1e-3 * scale  # bf16's 8-bit mantissa shows
+
+
+def test_muon_in_fp32_and_bf16_steps_alike():
+    # the published Muon iterates in bf16; in fp32 the step is the same to bf16's rounding
+    shapes = [(64, 64), (64, 256), (256, 64)]
+    torch.manual_seed(0)
+    params = {dtype: [torch.randn(s, requires_grad=True) for s in shapes] for dtype in (torch.float32, torch.bfloat16)}
+    params[torch.bfloat16] = [p.detach().clone().requires_grad_() for p in params[torch.float32]]
+    updates = {
+        dtype: newton_schulz_update(Muon(ps, lr=0.02, weight_decay=0.0, ns_dtype=dtype), steps=3)
+        for dtype, ps in params.items()
+    }
+    for u32, u16 in zip(updates[torch.float32], updates[torch.bfloat16], strict=True):
+        assert torch.nn.functional.cosine_similarity(u32.flatten(), u16.flatten(), dim=0) > 0.999
+        assert (u32.norm() / u16.norm() - 1).abs() < 0.01

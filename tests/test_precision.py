@@ -66,3 +66,25 @@ def test_cpu_bf16_attention_matches_fp32():
     torch.testing.assert_close(low.float(), reference, atol=3e-2, rtol=3e-2)
     low.float().sum().backward()
     assert qkv.grad is not None and torch.isfinite(qkv.grad).all()
+
+
+@pytest.mark.parametrize(
+    ("environ", "hidden"),
+    [
+        ({}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, True),  # the AVX2 stand-in's variables
+        ({"ATEN_CPU_CAPABILITY": "avx2"}, True),
+        ({"DNNL_MAX_CPU_ISA": "avx512_core"}, True),  # oneDNN's older name, any case
+        ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, False),
+        ({"ONEDNN_MAX_CPU_ISA": "ALL", "ATEN_CPU_CAPABILITY": "avx512"}, False),
+    ],
+)
+def test_kernels_held_below_the_bf16_units_hide_them(environ, hidden):
+    assert precision.cpu_has_native_bf16(AMX, environ) is not hidden
+    assert precision.choose_precision("auto", CPU, AMX, environ) == (None if hidden else torch.bfloat16)
+    assert precision.choose_precision("auto", CUDA, AMX, environ) == torch.bfloat16  # a GPU is not held
+
+
+def test_muons_iterations_follow_the_runs_precision():
+    assert precision.ns_dtype(None) == torch.float32  # an fp32 run: no emulated bf16
+    assert precision.ns_dtype(torch.bfloat16) == precision.ns_dtype(torch.float16) == torch.bfloat16

@@ -102,10 +102,16 @@ def exit_on(errors: dict[type[BaseException], int], task: Callable[[], object]):
 
 
 class RunDirCheck(Callback):
-    """Hydra creates the run directory before the job starts; check first that it can,
-    so that an unwritable place is one line, not Hydra's traceback."""
+    """Hydra creates the run directory and writes its files there before the job starts;
+    check first that it can, so that an unwritable place is one line, not Hydra's traceback,
+    and that no live process is using it (its stored config would be overwritten)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        from vit.folder_lock import in_use
+
+        reason = in_use(Path(config.hydra.run.dir), "run folder")
+        if reason:
+            fail(reason, code=1)
         self._check(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:

@@ -25,6 +25,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from vit.studies.attention_kernel import attention_kernels
+from vit.studies.gemm_rate import gemm_tflops
 from vit.training import precision
 from vit.training.data.augment import normalize
 from vit.training.optim import build_optimizer
@@ -129,7 +130,8 @@ class Bench:
         variant.params = sum(p.numel() for p in self.model.parameters())
         fused = device.type in ("cuda", "cpu") or None  # as the trainer's
         if variant.optimizer == "muon":
-            self.optimizer = build_optimizer(self.model, 1e-4, 0.05, (0.9, 0.999), fused, "muon")
+            ns = precision.ns_dtype(variant.amp)  # as the trainer's: fp32 in an fp32 run
+            self.optimizer = build_optimizer(self.model, 1e-4, 0.05, (0.9, 0.999), fused, "muon", muon_ns_dtype=ns)
         else:
             self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=fused)
         self.net = torch.compile(self.model) if variant.compiled else self.model
@@ -208,8 +210,9 @@ def run(
     steps: int,
     rounds: int,
     mean_std: tuple[list[float], list[float]] | None = None,
-) -> None:
-    """Measure every variant. mean_std: the data's normalisation, for variants with a loader."""
+) -> dict[str, list[float]]:
+    """Measure every variant. mean_std: the data's normalisation, for variants with a loader.
+    Returns the machine's GEMM rate (TFLOP/s) in each variant's precision, once a round."""
     make = partial(Bench, batch=batch, img_size=img_size, in_chans=in_chans, classes=classes, device=device)
     compiled = sum(v.compiled for v in variants)
     if compiled:  # every compiled variant needs its own graphs (training, no-grad) of the same forward code;
@@ -238,16 +241,23 @@ def run(
             b.infer_step()
         if v.loader is not None:  # and the loading processes start
             b.loader_ips(0, mean, std)
+    dtypes = {precision.precision_name(v.amp): v.amp or torch.float32 for v in variants}
+    gemm = {name: [] for name in dtypes}
     for round_ in range(1, rounds + 1):
+        for name, dtype in dtypes.items():  # in the rounds, so that it drifts with the steps
+            gemm[name].append(gemm_tflops(device, dtype))
         for v, b in zip(variants, benches, strict=True):
             if v.loader is not None:  # its inference is the plain variant's
                 v.train_ips.append(b.loader_ips(round_, mean, std))
                 continue
             v.train_ips.append(timed(b.train_step, steps, batch, device))
             v.infer_ips.append(timed(b.infer_step, steps, batch, device))
+    return gemm
 
 
-def results(variants: list[Variant], device: torch.device) -> list[dict]:
+def results(variants: list[Variant], device: torch.device, gemm: dict[str, list[float]]) -> list[dict]:
+    """A row per variant. `of_gemm`: its training FLOP/s as a fraction of the median GEMM
+    rate measured in its precision in the same run; `mfu`: of the data sheet's peak (GPUs)."""
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     # each variant's cost is against the first ours learned_1d + conv compiled (or not) as it is
     reference = {
@@ -260,6 +270,7 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
         train = statistics.median(v.train_ips)
         infer = statistics.median(v.infer_ips) if v.infer_ips else None
         peak = peak_tflops(card, precision.precision_name(v.amp))
+        gemm_rate = statistics.median(gemm[precision.precision_name(v.amp)])
         rows.append(
             {
                 "variant": v.name,
@@ -278,6 +289,8 @@ def results(variants: list[Variant], device: torch.device) -> list[dict]:
                 "train_gflops_per_image": v.train_gflops,
                 "attention_kernel": v.attention_kernel,
                 "mfu": train * v.train_gflops * 1e9 / (peak * 1e12) if peak else None,
+                "gemm_tflops": gemm_rate,
+                "of_gemm": train * v.train_gflops * 1e9 / (gemm_rate * 1e12),
             }
         )
     return rows
@@ -291,6 +304,8 @@ def markdown(rows: list[dict]) -> str:
         "infer img/s",
         "peak MB",
         "train GFLOPs/img",
+        "train GFLOP/s",
+        "of GEMM",
         "MFU",
         "attention kernel",
     ]
@@ -301,9 +316,17 @@ def markdown(rows: list[dict]) -> str:
         lines.append(
             f"| {r['variant']} | {r['train_images_per_sec']:,.0f} | "
             f"{r['train_step_cost_vs_ours_learned_1d']:.2f}x | {infer} | "
-            f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | {mfu} | {r['attention_kernel']} |"
+            f"{r['peak_memory_mb']:,.0f} | {r['train_gflops_per_image']:.3f} | "
+            f"{r['train_images_per_sec'] * r['train_gflops_per_image']:,.0f} | {100 * r['of_gemm']:.0f}% | "
+            f"{mfu} | {r['attention_kernel']} |"
         )
     return "\n".join(lines)
+
+
+def gemm_line(gemm: dict[str, list[float]]) -> str:
+    """The machine's GEMM rates that the `of GEMM` column divides by."""
+    rates = ", ".join(f"{name} {1000 * statistics.median(r):,.0f} GFLOP/s" for name, r in gemm.items())
+    return f"this machine's GEMM rate (a square product): {rates}"
 
 
 def paired_share(fed: list[float], fixed: list[float]) -> float:

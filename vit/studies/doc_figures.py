@@ -214,28 +214,6 @@ def plot_probe(path: Path, per_class: int = 4) -> None:
     save(fig, path)
 
 
-def plot_attention_distance(runs: list[ablation.Run], path: Path, columns: int = 5) -> None:
-    """Mean attention distance of every head against its block, a panel per scheme (the ViT
-    paper's Figure 7, right), from each scheme's first run, in rows of `columns` panels."""
-    panels = [(label, group[0].evaluation["attention_distance_px"]) for label, group in report.by_label(runs).items()]
-    rows = -(-len(panels) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(7, 2.4 * rows + 0.6), squeeze=False, sharey=True)
-    top = max(max(max(block) for block in d) for _, d in panels) * 1.1
-    for ax in axes.flat[len(panels) :]:
-        ax.set_axis_off()
-    for ax, (label, distances) in zip(axes.flat, panels, strict=False):
-        for block, heads in enumerate(distances):
-            ax.scatter([block + 1] * len(heads), heads, s=8, color=colour(label))
-        ax.set_title(label, fontsize=8)
-        ax.set_ylim(0, top)
-        ax.tick_params(labelsize=7)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("distance (px)", fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("block", fontsize=7)
-    save(fig, path)
-
-
 def plot_recipe_time(recipes: Path, patch_runs: list[ablation.Run], path: Path) -> None:
     """Top-1 against wall time: each recipe run's final point (whole process, one test view),
     and the patch-wise recipe's validation curve against its training time."""
@@ -346,7 +324,7 @@ def draw_all(results_dir: Path, out: Path) -> list[Path]:
     plot_shuffled(regimes, out / "shuffled.png")
     plot_sizes(regimes, out / "sizes.png")
     report.plot_curves(patch_runs, out / "curves.png")
-    plot_attention_distance(patch_runs, out / "attention_distance.png")
+    report.plot_attention_distance(patch_runs, out / "attention_distance.png", columns=5, colour=colour, dpi=DPI)
     plot_similarity(results_dir / "ablations" / "fmnist_patch_learned_1d_table.json", out / "position_similarity.png")
     plot_probe(out / "probe.png")
     plot_recipe_time(results_dir / "recipes.csv", patch_runs, out / "recipe_time.png")

@@ -93,9 +93,10 @@ def plot_similarity(runs: list[Run], path: Path) -> bool:
     return True
 
 
-def plot_attention_distance(runs: list[Run], path: Path) -> bool:
+def plot_attention_distance(runs: list[Run], path: Path, columns: int = 0, colour=None, dpi: int = 120) -> bool:
     """Mean attention distance of every head against its block, a panel per scheme (the
-    ViT paper's Figure 7, right), from each scheme's first finished run."""
+    ViT paper's Figure 7, right), from each scheme's first finished run; one row of panels,
+    or rows of `columns`; `colour(label)` picks a scheme's colour."""
     panels = [
         (label, group[0].evaluation["attention_distance_px"])
         for label, group in by_label(runs).items()
@@ -103,17 +104,25 @@ def plot_attention_distance(runs: list[Run], path: Path) -> bool:
     ]
     if not panels:
         return False
+    columns = columns or len(panels)
+    rows = -(-len(panels) // columns)
+    size = (2.4 * columns, 2.8) if rows == 1 else (7, 2.4 * rows + 0.6)
+    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, sharey=True)
     top = max(max(max(block) for block in d) for _, d in panels) * 1.1
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False, sharey=True)
-    for ax, (label, distances) in zip(axes[0], panels, strict=True):
+    for ax in axes.flat[len(panels) :]:
+        ax.set_axis_off()
+    for ax, (label, distances) in zip(axes.flat, panels, strict=False):
         for block, heads in enumerate(distances):
-            ax.scatter([block + 1] * len(heads), heads, s=12)
-        ax.set_title(label, fontsize=9)
-        ax.set_xlabel("block", fontsize=8)
+            ax.scatter([block + 1] * len(heads), heads, s=10, color=colour(label) if colour else None)
+        ax.set_title(label, fontsize=8)
         ax.set_ylim(0, top)
-    axes[0][0].set_ylabel("mean attention distance (px)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean attention distance (px)", fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("block", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return True
 

@@ -1,7 +1,8 @@
 """Muon on the blocks' weight matrices and AdamW on every other parameter, as one optimizer.
 
 Muon (Jordan et al. 2024) keeps Nesterov momentum for a weight matrix and steps along the
-nearest semi-orthogonal matrix to it (five Newton-Schulz iterations in bf16), so that every
+nearest semi-orthogonal matrix to it (five Newton-Schulz iterations, in bf16 as its authors
+run them, or in fp32 where bf16 would be emulated: precision.ns_dtype), so that every
 direction of the matrix moves at the same rate. Its authors use it for hidden matrices only:
 the embeddings, the head, gains, biases and tables stay with AdamW.
 
@@ -30,11 +31,11 @@ from vit.training.optimizer_state import load_keeping_kernel
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic of Jordan et al., as in torch
 
 
-def orthogonalise(updates: Tensor, steps: int, eps: float) -> Tensor:
+def orthogonalise(updates: Tensor, steps: int, eps: float, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """(n, r, c) matrices with r <= c -> the Newton-Schulz approximation of each one's nearest
-    semi-orthogonal matrix (singular values pushed to about 1), in bf16."""
+    semi-orthogonal matrix (singular values pushed to about 1), computed in dtype."""
     a, b, c = NS_COEFFICIENTS
-    x = updates.bfloat16()
+    x = updates.to(dtype)
     x = x / x.norm(dim=(1, 2), keepdim=True).clamp(min=eps)  # spectral norm at most 1
     for _ in range(steps):
         gram = x @ x.mT
@@ -43,8 +44,17 @@ def orthogonalise(updates: Tensor, steps: int, eps: float) -> Tensor:
 
 
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, weight_decay: float, momentum: float = 0.95, ns_steps: int = 5):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float,
+        momentum: float = 0.95,
+        ns_steps: int = 5,
+        ns_dtype: torch.dtype = torch.bfloat16,
+    ):
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "momentum": momentum, "ns_steps": ns_steps})
+        self.ns_dtype = ns_dtype  # not a group setting: a checkpoint carries none to another machine
         if any(p.ndim != 2 for group in self.param_groups for p in group["params"]):
             raise ValueError("Muon steps 2-D weight matrices only")
 
@@ -68,7 +78,7 @@ class Muon(torch.optim.Optimizer):
             same_shape[(min(p.shape), max(p.shape))].append(i)
         for (rows, cols), members in same_shape.items():
             wide = [updates[i] if params[i].shape[0] == rows else updates[i].T for i in members]
-            ortho = orthogonalise(torch.stack(wide), group["ns_steps"], eps=1e-7)
+            ortho = orthogonalise(torch.stack(wide), group["ns_steps"], eps=1e-7, dtype=self.ns_dtype)
             back = [o if params[i].shape[0] == rows else o.T for i, o in zip(members, ortho, strict=True)]
             scale = 0.2 * math.sqrt(cols)  # match_rms_adamw: the RMS of AdamW's step
             torch._foreach_add_([params[i] for i in members], back, alpha=-group["lr"] * scale)

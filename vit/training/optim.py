@@ -22,10 +22,12 @@ def build_optimizer(
     name: str = "adamw",
     muon_momentum: float = 0.95,
     muon_lr_scale: float = 1.0,
+    muon_ns_dtype: torch.dtype = torch.bfloat16,
 ) -> torch.optim.Optimizer:
     """AdamW on every parameter (`adamw`), or Muon on the blocks' weight matrices and AdamW on
     the rest (`muon`, vit/training/muon.py). Muon's step is scaled to the RMS of AdamW's, so the
-    one learning rate and weight decay serve both; `muon_lr_scale` multiplies Muon's."""
+    one learning rate and weight decay serve both; `muon_lr_scale` multiplies Muon's, and its
+    Newton-Schulz iterations run in `muon_ns_dtype`."""
     if name not in ("adamw", "muon"):
         raise ConfigError(f"optim.name must be adamw or muon, got {name!r}")
     skip = model.no_weight_decay()
@@ -39,7 +41,9 @@ def build_optimizer(
     if name == "adamw":
         return adamw
     matrices = [p for n, p in params if n in hidden]
-    muon = Muon(matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay, momentum=muon_momentum)
+    muon = Muon(
+        matrices, lr=lr * muon_lr_scale, weight_decay=weight_decay, momentum=muon_momentum, ns_dtype=muon_ns_dtype
+    )
     return MuonWithAdamW(muon, adamw)
 
 

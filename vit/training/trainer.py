@@ -16,6 +16,7 @@ that exact batch, with the same random streams, so the weights end up bit-identi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
@@ -35,6 +36,7 @@ from tqdm import tqdm
 
 from vit.checks import check_eval_every, check_tta
 from vit.errors import ConfigError, TrainingError
+from vit.folder_lock import folder_lock
 from vit.instantiate import build_model, instantiate_group, with_class_count
 from vit.training import distributed, precision
 from vit.training.checkpoint import rng_state, save_checkpoint, set_rng_state
@@ -60,7 +62,16 @@ def train(
     group choices, e.g. {"model/pos_embed": "rope_2d"}) and `overrides` (the command line's)
     are recorded in summary.json. Returns the summary, or {"stopped": signal} if a signal
     stopped the run (last.pt saved)."""
-    run_dir, stop, runlog = Path(run_dir), StopRequest(), None
+    run_dir = Path(run_dir)
+    # one command per run folder; torchrun's other ranks share their rank 0's
+    holding = folder_lock(run_dir, "run folder") if distributed.current().is_main else contextlib.nullcontext()
+    with holding:
+        return train_in(cfg, run_dir, choices, overrides)
+
+
+def train_in(cfg: DictConfig, run_dir: Path, choices: Mapping[str, str] | None, overrides: Sequence[str]) -> dict:
+    """`train`, with the run folder held."""
+    stop, runlog = StopRequest(), None
     try:
         cfg = with_class_count(cfg)
         start = where_run_stands(cfg, run_dir, distributed.current().world)
@@ -181,7 +192,15 @@ def build(cfg: DictConfig, run_dir: Path, stop: StopRequest) -> Run:
 
     oc, steps_per_epoch = cfg.optim, len(train_batches)
     fused = device.type in ("cuda", "cpu")  # one kernel for every tensor: on a CPU 0.5 ms a step, not 1.9
-    muon = {"muon_momentum": oc.muon_momentum, "muon_lr_scale": oc.muon_lr_scale} if oc.name == "muon" else {}
+    muon = (
+        {
+            "muon_momentum": oc.muon_momentum,
+            "muon_lr_scale": oc.muon_lr_scale,
+            "muon_ns_dtype": precision.ns_dtype(amp_dtype),  # no emulated bf16 in an fp32 run
+        }
+        if oc.name == "muon"
+        else {}
+    )
     optimizer = build_optimizer(model, oc.lr, oc.weight_decay, oc.betas, fused, oc.name, **muon)
     warmup = round(warmup_epochs(oc.warmup_epochs, cfg.trainer.epochs) * steps_per_epoch)
     scheduler = warmup_cosine(optimizer, warmup, cfg.trainer.epochs * steps_per_epoch, oc.min_lr / oc.lr)
