@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from vit.cli import ConfigError, check_config, compose, fail
@@ -39,25 +40,26 @@ def main(argv: list[str]) -> int:
         shared = [*cfg.ablation.train, *(a for a in extra if not a.lstrip("+~").startswith("hydra"))]
         check_config(compose("train", shared))  # what every run shares, checked before any trains
         check_jobs(cfg.jobs, extra)
-        keys = run_keys(cfg.ablation, shared)
+        configs = run_configs(cfg.ablation, shared)
         ledger = Ledger.in_folder(Path(cfg.results_dir).resolve(), cfg.ablation.name)
     except (HydraException, OmegaConfBaseException, ConfigError, ResultsError) as e:
         fail(str(e).splitlines()[0])
     out = Path(cfg.out_dir).resolve()
     try:
         with folder_lock(out, "ablation folder"):  # one ablate.py per ablation; each run holds its own folder
-            return ablate(cfg, out, argv, extra, ledger, keys)
-    except FolderInUse as e:
+            return ablate(cfg, out, argv, extra, ledger, configs)
+    except (FolderInUse, ResultsError) as e:  # a folder in use; a damaged or foreign run folder
         fail(str(e), code=1)
 
 
-def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, keys: dict[str, str]) -> int:
+def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, configs: dict[str, dict]) -> int:
     """Train what is missing, evaluate, commit the rows and write the report."""
     ablation = cfg.ablation
     import torch
 
     device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else cfg.device
-    book = Book(ablation, out, ledger, keys, "cpu" if device == "auto" else device)
+    keys = {name: config_key(config) for name, config in configs.items()}
+    book = Book(ablation, out, ledger, keys, "cpu" if device == "auto" else device, configs)
     code = run_sweep(ablation, out, extra, cfg.jobs, book) if cfg.train else 0
 
     from vit.studies.report import write_report
@@ -69,13 +71,14 @@ def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, ke
     return 1 if cfg.train and (failed or code) else 0  # train=false: a look, not a verdict
 
 
-def run_keys(ablation, shared: list[str]) -> dict[str, str]:
-    """Each grid point's folder name -> the key of its composed training config: what its
-    committed row must carry to stand in for it."""
-    keys = {}
+def run_configs(ablation, shared: list[str]) -> dict[str, dict]:
+    """Each grid point's folder name -> its composed training config, resolved: what its
+    folder must hold, and (by its key) what its committed row must carry to stand in for it."""
+    configs = {}
     for point in grid_points(grid_of(ablation)):
-        keys[folder_name(point)] = config_key(compose("train", [*shared, *(f"{k}={v}" for k, v in point.items())]))
-    return keys
+        composed = compose("train", [*shared, *(f"{k}={v}" for k, v in point.items())])
+        configs[folder_name(point)] = OmegaConf.to_container(composed, resolve=True)
+    return configs
 
 
 def check_jobs(jobs, extra: list[str]) -> None:

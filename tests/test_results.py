@@ -3,7 +3,9 @@
 import json
 
 import pytest
+from omegaconf import OmegaConf
 
+from runs import one_error_line, script, train
 from vit.cli import compose
 from vit.studies import ablation
 from vit.studies.ablation import Book, collect, folder_name, grid_of, grid_points, result_rows, run_sweep
@@ -11,6 +13,7 @@ from vit.studies.results import Ledger, ResultsError, config_key, make_row, read
 
 SUMMARY = {"final_val_acc1": 91.5, "best_val_acc1": 91.7, "params": 1000, "overrides": ["seed=0"], "epochs": 3}
 EVALUATION = {"checkpoint": "/somewhere/last.pt", "acc1": 91.5, "acc1_at": {"20": 80.0}, "shuffled_acc1": 40.0}
+TINY_RUN = ["trainer.epochs=1", "data.num_train=128", "data.num_val=64", "model.embed_dim=32", "model.depth=1"]
 HISTORY = [{"epoch": 1, "train_loss": 1.2, "lr": 0.1, "val_acc1": 88.0}, {"epoch": 2, "val_acc1": 91.5, "x": 1}]
 
 
@@ -76,3 +79,66 @@ def test_a_committed_row_stands_in_for_its_run_and_a_stale_one_does_not(tmp_path
     row = result_rows(runs)[0]
     assert (row["final_acc1"], row["eval_acc1"], row["acc1_at_20px"], row["shuffled_acc1"]) == (91.5, 91.5, 80.0, 40.0)
     assert runs[0].history == [{"epoch": 1, "train_loss": 1.2, "val_acc1": 88.0}, {"epoch": 2, "val_acc1": 91.5}]
+
+
+def finished_run_folder(tmp_path):
+    """ablation=quick's none_seed0, trained in its folder as ablate.py would, with the config
+    Hydra stores beside it; the ablation, its folder, the run's overrides and config."""
+    cfg = compose("ablate", ["ablation.schemes=[none]"]).ablation
+    (point,) = grid_points(grid_of(cfg))
+    overrides = [*cfg.train, *TINY_RUN, *(f"{k}={v}" for k, v in point.items())]
+    folder = tmp_path / "out" / "runs" / folder_name(point)
+    train(folder, *overrides)
+    composed = OmegaConf.to_container(compose("train", overrides), resolve=True)
+    (folder / ".hydra").mkdir()
+    OmegaConf.save(composed, folder / ".hydra" / "config.yaml")
+    return cfg, folder, overrides, composed
+
+
+def test_a_damaged_or_foreign_run_folder_is_one_line_naming_it(tmp_path):
+    cfg, folder, overrides, composed = finished_run_folder(tmp_path)
+    keys = {folder.name: config_key(composed)}
+
+    def book(configs=None):
+        return Book(cfg, tmp_path / "out", Ledger(tmp_path / "quick.jsonl"), keys, "cpu", configs)
+
+    summary, metrics = folder / "summary.json", folder / "metrics.jsonl"
+    whole, history = summary.read_text(), metrics.read_text()
+    summary.write_text(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(ResultsError, match=rf"^{summary} is damaged \(.*\): delete it, and the ablation rebuilds it"):
+        collect(cfg, tmp_path / "out", "cpu", book())
+    train(folder, *overrides, "resume=auto")  # as the ablation's next sitting: rewritten from last.pt, not retrained
+    assert json.loads(summary.read_text())["final_val_acc1"] == json.loads(whole)["final_val_acc1"]
+    assert metrics.read_text() == history
+
+    metrics.write_text(history + '{"epoch": 2, "train_lo')  # a line cut short
+    lines = len(history.splitlines()) + 1
+    with pytest.raises(ResultsError, match=rf"^{metrics}, line {lines}, is damaged .*: move the run folder away"):
+        collect(cfg, tmp_path / "out", "cpu", book())
+    metrics.write_text(history)
+
+    other = json.loads(json.dumps(composed))
+    other["optim"]["lr"] = 0.5  # trained by hand, with another learning rate
+    OmegaConf.save(other, folder / ".hydra" / "config.yaml")
+    expected_lr = composed["optim"]["lr"]
+    with pytest.raises(
+        ResultsError,
+        match=rf"^{folder} is not a run of ablation quick: it was trained with optim.lr=0.5 where the "
+        rf"ablation has {expected_lr}; move the run folder away, and the ablation trains that run afresh",
+    ):
+        collect(cfg, tmp_path / "out", "cpu", book({folder.name: composed}))
+    assert Ledger(tmp_path / "quick.jsonl").rows == {}  # and no row of it was committed
+
+
+def test_ablate_py_names_a_damaged_run_file_in_one_line(tmp_path):
+    cfg, folder, overrides, composed = finished_run_folder(tmp_path)
+    (folder / "summary.json").write_text("{")
+    proc = script(
+        "ablate.py",
+        "ablation.schemes=[none]",
+        f"out_dir={tmp_path / 'out'}",
+        f"results_dir={tmp_path}",
+        *TINY_RUN,
+        cwd=tmp_path,
+    )
+    assert one_error_line(proc).startswith(f"error: {folder / 'summary.json'} is damaged (")

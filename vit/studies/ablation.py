@@ -203,8 +203,11 @@ class Book:
     have to count: a run is recorded once it is finished and evaluated, and a committed row
     stands in for a run folder this machine does not have."""
 
-    def __init__(self, cfg: DictConfig, out: Path, ledger, keys: dict[str, str], device: str = "cpu"):
+    def __init__(
+        self, cfg: DictConfig, out: Path, ledger, keys: dict[str, str], device: str = "cpu", configs: dict | None = None
+    ):
         self.cfg, self.out, self.ledger, self.keys, self.device = cfg, out, ledger, keys, device
+        self.configs = configs or {}  # folder name -> the composed config its run must have
         self._evaluating = threading.Lock()  # one evaluation at a time beside the training runs
 
     def row(self, point: dict[str, str]) -> dict | None:
@@ -216,14 +219,30 @@ class Book:
         run = load_run(point, self.out)
         if run.status != "finished":
             return run
+        key = self.keys[folder_name(point)]
+        self.check_settings(run, key)
         if not run.evaluation:
             with self._evaluating:
                 evaluate_run(run, self.cfg.resolutions, self.device, announce=True)
-        key = self.keys[folder_name(point)]
-        if self.ledger.get(key) is None and results.folder_key(run.folder) == key:
+        if self.ledger.get(key) is None:
             row = results.make_row(self.cfg.name, run.folder.name, point, key, run.summary, run.evaluation, run.history)
             self.ledger.add(row)
         return run
+
+    def check_settings(self, run: Run, key: str) -> None:
+        """A finished folder trained with other settings than the grid's (by hand, or before
+        the ablation's config changed) would put another experiment's numbers in the table."""
+        stored = results.stored_config(run.folder)
+        if stored is not None and results.config_key(stored) == key:
+            return
+        expected = self.configs.get(run.folder.name)
+        if stored is None:
+            why = "it holds no .hydra/config.yaml to tell its settings"
+        elif expected is not None:
+            why = f"it was trained with {results.first_difference(stored, expected)}"
+        else:
+            why = "its .hydra/config.yaml differs from the ablation's"
+        raise results.ResultsError(f"{run.folder} is not a run of ablation {self.cfg.name}: {why}; {results.MOVE_AWAY}")
 
 
 def collect(cfg: DictConfig, out: Path, device: str = "cpu", book: Book | None = None) -> list[Run]:
@@ -251,16 +270,42 @@ def load_run(point: dict[str, str], out: Path) -> Run:
     run = Run(point, out / "runs" / folder_name(point))
     summary, error, evaluation = (run.folder / name for name in ("summary.json", "error.txt", "eval.json"))
     if summary.exists():
-        run.status, run.summary = "finished", json.loads(summary.read_text())
-        run.history = [json.loads(line) for line in (run.folder / "metrics.jsonl").read_text().splitlines()]
+        rebuild = "delete it, and the ablation rebuilds it from the run's last checkpoint"
+        run.status, run.summary = "finished", read_json(summary, rebuild)
+        run.history = read_json_lines(run.folder / "metrics.jsonl")
         if evaluation.exists() and evaluation.stat().st_mtime >= summary.stat().st_mtime:
-            run.evaluation = json.loads(evaluation.read_text())
+            with contextlib.suppress(results.ResultsError):  # a damaged one is evaluated again
+                run.evaluation = read_json(evaluation, "")
     elif error.exists():
         run.status = "failed"
         run.error = error.read_text().strip().splitlines()[-1]
     elif run.folder.exists():
         run.status, run.error = "failed", "not finished (no summary.json, no error.txt): still training, or stopped"
     return run
+
+
+def read_json(path: Path, advice: str) -> dict:
+    """A run's JSON file; a damaged one is a ResultsError naming it, with `advice`."""
+    try:
+        value = json.loads(path.read_text())
+        if not isinstance(value, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise results.ResultsError(f"{path} is damaged ({str(e).splitlines()[0]}): {advice}") from None
+    return value
+
+
+def read_json_lines(path: Path) -> list[dict]:
+    """A run's metrics.jsonl; a missing or damaged one is a ResultsError naming it."""
+    if not path.exists():
+        raise results.ResultsError(f"{path} is missing beside the run's summary.json: {results.MOVE_AWAY}")
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+        try:
+            rows.append(json.loads(line))
+        except ValueError as e:
+            raise results.ResultsError(f"{path}, line {number}, is damaged ({e}): {results.MOVE_AWAY}") from None
+    return rows
 
 
 def evaluate_run(run: Run, resolutions, device: str, announce: bool = False) -> None:

@@ -1,8 +1,11 @@
-"""The ablation report: results.csv, summary.csv, report.md and its PNG plots."""
+"""The ablation report: results.csv, summary.csv, report.md and its PNG plots, each written
+to a temporary file and renamed, so that a kill leaves the old file or the new one."""
 
 from __future__ import annotations
 
 import csv
+import io
+import os
 import statistics
 from pathlib import Path
 
@@ -10,15 +13,25 @@ import torch
 
 from vit.studies.ablation import Run, paired_differences, result_rows, summary_rows, varied_differences
 from vit.studies.evaluation import model_from_checkpoint
+from vit.training.run_log import write_atomic
 from vit.training.similarity_image import plt, similarity_mosaic
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue())
+
+
+def save_figure(fig, path: Path, dpi: int = 120) -> None:
+    """fig as a PNG at path, atomically, and closed."""
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, dpi=dpi, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def by_label(runs: list[Run]) -> dict[str, list[Run]]:
@@ -34,8 +47,7 @@ def save_axes(fig, ax, path: Path, **labels) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_curves(runs: list[Run], path: Path) -> None:
@@ -88,8 +100,7 @@ def plot_similarity(runs: list[Run], path: Path) -> bool:
         ax.set_axis_off()
     fig.suptitle("cosine similarity of position embeddings (each tile: one position vs all)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -122,8 +133,7 @@ def plot_attention_distance(runs: list[Run], path: Path, columns: int = 0, colou
     for ax in axes[-1]:
         ax.set_xlabel("block", fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+    save_figure(fig, path, dpi)
     return True
 
 
@@ -290,7 +300,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         f"Curves of every run: `tensorboard --logdir {out}`.",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    write_atomic(out / "report.md", "\n".join(lines))
     return out / "report.md"
 
 

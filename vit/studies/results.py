@@ -30,6 +30,9 @@ class ResultsError(ValueError):
     """A results file that cannot be read: a line for the user, not a traceback."""
 
 
+MOVE_AWAY = "move the run folder away, and the ablation trains that run afresh"
+
+
 def config_key(cfg) -> str:
     """A short fingerprint of a composed training config (a DictConfig or plain dict): two runs
     with the same key train the same model on the same data in the same way."""
@@ -91,10 +94,40 @@ def read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def stored_config(folder: Path) -> dict | None:
+    """The config Hydra stored in a run folder (None without one); a damaged one is a ResultsError."""
+    stored = folder / ".hydra" / "config.yaml"
+    if not stored.exists():
+        return None
+    try:
+        plain = OmegaConf.to_container(OmegaConf.load(stored), resolve=True)
+        if not isinstance(plain, dict):
+            raise ValueError("not a config")
+    except Exception as e:  # yaml's and OmegaConf's many errors: the file cannot be read
+        raise ResultsError(f"{stored} cannot be read ({str(e).splitlines()[0]}): {MOVE_AWAY}") from None
+    return plain
+
+
 def folder_key(folder: Path) -> str | None:
     """The config key of a run folder, from the config Hydra stored in it (None without one)."""
-    stored = folder / ".hydra" / "config.yaml"
-    return config_key(OmegaConf.load(stored)) if stored.exists() else None
+    plain = stored_config(folder)
+    return None if plain is None else config_key(plain)
+
+
+def first_difference(stored: dict, expected: dict) -> str:
+    """The first setting in which two composed configs differ, as `key=stored (expected)`."""
+    a, b = flat(stored), flat(expected)
+    for key in sorted(set(a) | set(b)):
+        if key.split(".")[0] not in UNRESULTING and a.get(key) != b.get(key):
+            return f"{key}={a.get(key)} where the ablation has {b.get(key)}"
+    return "no setting differs"
+
+
+def flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
 
 
 class Ledger:

@@ -58,8 +58,13 @@ def where_run_stands(cfg: DictConfig, run_dir: Path, world: int) -> Start:
     check_same_run(state, cfg, world)
     summary = run_dir / "summary.json"
     if state["epoch"] >= cfg.trainer.epochs and summary.exists():  # keep its summary as it is
-        log.info(f"{run_dir} has finished all {cfg.trainer.epochs} epochs; nothing to train")
-        return Start(finished=json.loads(summary.read_text()))
+        try:
+            finished = json.loads(summary.read_text())
+        except (ValueError, UnicodeDecodeError):
+            log.warning(f"{summary} is damaged; writing it again from {path}")
+        else:
+            log.info(f"{run_dir} has finished all {cfg.trainer.epochs} epochs; nothing to train")
+            return Start(finished=finished)
     return Start(checkpoint=state, source=path)
 
 
