@@ -58,6 +58,8 @@ def main(cfg: DictConfig) -> float | None:
         raise
     if "stopped" in result:  # preempted: last.pt is saved; exit non-zero so a scheduler requeues
         sys.exit(128 + int(result["stopped"]))
+    if distributed.current().is_main:  # finished: an earlier session's failure is history
+        (run_dir / "error.txt").unlink(missing_ok=True)
     return result["best_val_acc1"]  # for Hydra sweepers that optimise
 
 

@@ -109,7 +109,8 @@ class RunDirCheck(Callback):
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         from vit.folder_lock import in_use
 
-        reason = in_use(Path(config.hydra.run.dir), "run folder")
+        # under torchrun rank 0 alone holds the folder, and the other ranks share it
+        reason = in_use(Path(config.hydra.run.dir), "run folder") if os.environ.get("RANK", "0") == "0" else None
         if reason:
             fail(reason, code=1)
         self._check(config.hydra.run.dir)
