@@ -160,3 +160,45 @@ def test_muon_in_fp32_and_bf16_steps_alike():
     for u32, u16 in zip(updates[torch.float32], updates[torch.bfloat16], strict=True):
         assert torch.nn.functional.cosine_similarity(u32.flatten(), u16.flatten(), dim=0) > 0.999
         assert (u32.norm() / u16.norm() - 1).abs() < 0.01
+
+
+def scaled_step(model, optimizer, scaler, x, y, poison: bool = False) -> None:
+    """A training step as the trainer takes it under fp16: scale, unscale (for clipping), step."""
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if poison:  # an overflow in one of Muon's matrices
+        model.blocks[0].mlp.fc1.weight.grad[0, 0] = float("inf")
+    scaler.unscale_(optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def test_the_grad_scaler_steps_muon_with_adamw_without_reading_found_inf_on_the_host(monkeypatch):
+    model, twin = small_model(), small_model()
+    optimizer = build_optimizer(model, 1e-2, 0.05, (0.9, 0.999), True, "muon")
+    reference = build_optimizer(twin, 1e-2, 0.05, (0.9, 0.999), True, "muon")
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4)
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    reads = []
+    original_item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or original_item(t))
+    scaled_step(model, optimizer, scaler, x, y)
+    monkeypatch.undo()
+    assert reads == []  # on a GPU, each .item() would wait for the step's kernels
+    twin_loss = torch.nn.functional.cross_entropy(twin(x), y)
+    twin_loss.backward()
+    reference.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)  # a power-of-two scale, unscaled: the same step as without it
+
+    before = copy.deepcopy((model.state_dict(), optimizer.state_dict()))
+    scaled_step(model, optimizer, scaler, x, y, poison=True)
+    assert scaler.get_scale() == 2.0**3  # the overflow halves the scale ...
+    for name, tensor in model.state_dict().items():  # ... and the step is skipped, in both parts
+        assert torch.equal(tensor, before[0][name]), name
+    after = optimizer.state_dict()
+    for part in ("muon", "adamw"):
+        for key, state in before[1][part]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(after[part]["state"][key][name], value), (part, key, name)

@@ -59,13 +59,28 @@ class Muon(torch.optim.Optimizer):
             raise ValueError("Muon steps 2-D weight matrices only")
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure=None, found_inf: Tensor | None = None):
+        """One step; with `found_inf` (GradScaler's flag, a tensor: 1 where a gradient was
+        inf or NaN), a skipped one where it is set, decided on the device without a sync."""
         if closure is not None:
             raise ValueError("Muon.step takes no closure")
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            if params:
+            if not params:
+                continue
+            if found_inf is None:
                 self.step_group(group, params)
+                continue
+            skip = found_inf.to(params[0].device).bool()
+            before = [(p.clone(), self.state[p].get("momentum_buffer")) for p in params]
+            before = [(p, None if b is None else b.clone()) for p, b in before]
+            for p in params:  # an inf gradient would make NaNs that `where` could not undo
+                p.grad = torch.where(skip, torch.zeros_like(p.grad), p.grad)
+            self.step_group(group, params)
+            for p, (old, old_buffer) in zip(params, before, strict=True):
+                p.copy_(torch.where(skip, old, p))
+                buffer = self.state[p]["momentum_buffer"]
+                buffer.copy_(torch.where(skip, torch.zeros_like(buffer) if old_buffer is None else old_buffer, buffer))
 
     def step_group(self, group: dict, params: list[Tensor]) -> None:
         grads = [p.grad for p in params]
@@ -85,6 +100,10 @@ class Muon(torch.optim.Optimizer):
 
 
 class MuonWithAdamW(torch.optim.Optimizer):
+    # GradScaler hands a step its found_inf flag (as it does fused AdamW) instead of reading it
+    # on the host first: with fp16 on a GPU, no sync in every step
+    _step_supports_amp_scaling = True
+
     def __init__(self, muon: Muon, adamw: torch.optim.AdamW):
         self.muon, self.adamw = muon, adamw
         super().__init__([p for o in (muon, adamw) for g in o.param_groups for p in g["params"]], {})
@@ -98,8 +117,19 @@ class MuonWithAdamW(torch.optim.Optimizer):
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("MuonWithAdamW.step takes no closure")
-        self.muon.step()
-        self.adamw.step()
+        found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
+        if grad_scale is not None:  # the trainer unscales before clipping, so this does not happen
+            raise ValueError("MuonWithAdamW steps unscaled gradients: call GradScaler.unscale_ first")
+        if found_inf is not None and not self.adamw.defaults.get("fused"):
+            if found_inf.item():  # only fused AdamW skips on the device; the others are told here
+                return
+            found_inf = None
+        self.muon.step(found_inf=found_inf)
+        self.adamw.found_inf = found_inf  # fused AdamW reads it, and skips where it is set
+        try:
+            self.adamw.step()
+        finally:
+            del self.adamw.found_inf
 
     def state_dict(self) -> dict:
         return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
