@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import torch
 from conftest import DEVICES, tiny_vit
 from runs import train
 from vit.cli import compose
+from vit.folder_lock import in_use
 from vit.studies import ablation, report
 from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
 from vit.studies.evaluation import evaluate_checkpoint
@@ -338,3 +340,38 @@ def test_the_curves_plot_only_the_epochs_that_were_evaluated(tmp_path, monkeypat
     (line,) = plotted
     assert list(line.get_xdata()) == [2, 3]
     assert list(line.get_ydata()) == pytest.approx([52.0, 65.0])
+
+
+ACCURACY = ("scheme", "seed", "status", "best_acc1", "final_acc1", "eval_acc1", "shuffled_acc1")
+
+
+def accuracy_rows(out: Path) -> list[tuple]:
+    """results.csv without its timings (images/s and wall time differ from sitting to sitting)."""
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    return [tuple(r[k] for k in ACCURACY) + tuple(v for k, v in r.items() if k.startswith("acc1_at_")) for r in rows]
+
+
+def test_an_ablation_killed_while_its_runs_train_loses_nothing(tmp_path):
+    args = ["ablation.schemes=[none,learned_1d]", *TINY, "trainer.epochs=3", "data.num_train=1024", "jobs=2"]
+    (tmp_path / "uncut").mkdir()
+    assert ablate(tmp_path / "uncut", *args).returncode == 0
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "ablate.py"), *args], cwd=cut)
+    runs = cut / "outputs" / "ablations" / "quick" / "runs"
+    logs = [runs / name / "metrics.jsonl" for name in ("none_seed0", "learned_1d_seed0")]
+    deadline = time.time() + 300
+    while not any(log.exists() and log.read_text().strip() for log in logs):  # an epoch done, others under way
+        assert proc.poll() is None and time.time() < deadline, "the ablation ended before it could be killed"
+        time.sleep(0.02)
+    proc.kill()  # kill -9: no chance to clean up; its runs are told to save and stop
+    proc.wait()
+    deadline = time.time() + 120
+    while any(in_use(runs / name, "run folder") for name in ("none_seed0", "learned_1d_seed0")):
+        assert time.time() < deadline, "a run trained on after its ablation was killed"
+        time.sleep(0.05)
+    assert not all((runs / name / "summary.json").exists() for name in ("none_seed0", "learned_1d_seed0"))
+    again = ablate(cut, *args)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    out = Path("outputs") / "ablations" / "quick"
+    assert accuracy_rows(cut / out) == accuracy_rows(tmp_path / "uncut" / out)  # the CPU is deterministic

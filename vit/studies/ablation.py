@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -179,13 +180,23 @@ def run_in_parallel(
     return int(any(codes))
 
 
+def stop_with_parent() -> None:
+    """In a run's process, before it starts: SIGTERM when the ablation dies, even by kill -9,
+    so that the run saves and ends instead of training on, holding its folder, unwatched."""
+    with contextlib.suppress(OSError, AttributeError):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG (Linux)
+
+
 def run_logged(
     command: list[str], folder: Path, number: str, finished: Callable[[], None] | None, env: dict, quiet: bool
 ) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(folder / "console.log", "a") if quiet else contextlib.nullcontext() as console:
-        code = subprocess.run(command, stdout=console, stderr=subprocess.STDOUT if quiet else None, env=env).returncode
+        stderr = subprocess.STDOUT if quiet else None
+        code = subprocess.run(command, stdout=console, stderr=stderr, env=env, preexec_fn=stop_with_parent).returncode
     minutes = (time.time() - started) / 60
     if code == 0 and (folder / "summary.json").exists():
         final = json.loads((folder / "summary.json").read_text())["final_val_acc1"]
