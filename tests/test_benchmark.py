@@ -33,6 +33,13 @@ def vit_matmul_flops(
     return 2 * patches * (chans * patch * patch) * dim + depth * block + 2 * dim * classes
 
 
+def benchmark_script(tmp_path, *args: str, kind: str = "benchmark"):
+    """`python scripts/benchmark.py ARGS` writing into tmp_path: its process and its JSON report."""
+    proc = script("benchmark.py", *args, f"benchmark.out_dir={tmp_path}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, json.loads(next(tmp_path.glob(f"{kind}_*.json")).read_text())
+
+
 @pytest.mark.parametrize("scheme", list(SCHEMES))
 @pytest.mark.parametrize("pool", POOLS)
 @pytest.mark.parametrize("patch_embed", ["conv", "linear"])
@@ -92,8 +99,8 @@ def test_every_compiled_variant_stays_compiled(monkeypatch):
 
 
 def test_benchmark_script_table_and_json(tmp_path):
-    proc = script(
-        "benchmark.py",
+    proc, report = benchmark_script(
+        tmp_path,
         "model.depth=1",
         "model.embed_dim=48",
         "model.num_heads=4",
@@ -103,11 +110,7 @@ def test_benchmark_script_table_and_json(tmp_path):
         "benchmark.warmup=1",
         "trainer.precision=fp32",  # auto would be bf16 on a CPU with AMX
         "benchmark.vary=['model.depth=2 model.mlp_ratio=1','model.pool=seq','optim=muon']",
-        f"benchmark.out_dir={tmp_path}",
-        cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
     # benchmark.vary: the configured model under more overrides, each string one variant
     deeper, pooled, muon = (
@@ -161,8 +164,8 @@ def test_benchmark_vary_takes_model_and_optimizer_overrides_only(tmp_path):
 
 def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms_default(tmp_path):
     root = make_class_folders(tmp_path / "tree", per_class=(8, 2))
-    proc = script(
-        "benchmark.py",
+    proc, report = benchmark_script(
+        tmp_path,
         "data=imagefolder",
         f"data.root={root}",
         "data.img_size=16",
@@ -177,11 +180,7 @@ def test_benchmark_script_feeds_the_step_from_the_loader_and_compares_with_timms
         "benchmark.steps=1",
         "benchmark.rounds=2",
         "benchmark.warmup=1",
-        f"benchmark.out_dir={tmp_path}",
-        cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("benchmark_*.json")).read_text())
     rows = {r["variant"]: r for r in report["results"]}
     fed, default = "ours learned_1d conv, fed by the data loader", "timm learned_1d conv at its default fp32"
     assert set(rows) == expected_variants([False], report["setting"]["precision"]) | {fed}  # as test_cuda reads it
@@ -252,8 +251,8 @@ def test_the_profile_sorts_operators_by_the_work_they_do(name, kind):
 
 
 def test_benchmark_profile_lists_the_configured_step_by_operator(tmp_path):
-    proc = script(
-        "benchmark.py",
+    proc, report = benchmark_script(
+        tmp_path,
         "model.depth=1",
         "model.embed_dim=32",
         "model.num_heads=2",
@@ -263,11 +262,8 @@ def test_benchmark_profile_lists_the_configured_step_by_operator(tmp_path):
         "benchmark.steps=2",
         "benchmark.warmup=1",
         "benchmark.profile=true",
-        f"benchmark.out_dir={tmp_path}",
-        cwd=tmp_path,
+        kind="profile",
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(next(tmp_path.glob("profile_*.json")).read_text())
     setting, operators = report["setting"], report["operators"]
     assert (setting["optimizer"], setting["precision"], setting["compiled"]) == ("muon", "fp32", False)
     assert setting["gemm_tflops"] > 0 and setting["step_ms"] > 0
