@@ -130,8 +130,8 @@ def plot_attention_distance(runs: list[Run], path: Path, columns: int = 0, colou
         ax.tick_params(labelsize=7)
     for ax in axes[:, 0]:
         ax.set_ylabel("mean attention distance (px)", fontsize=7)
-    for ax in axes[-1]:
-        ax.set_xlabel("block", fontsize=7)
+    for column in range(min(columns, len(panels))):  # under the lowest panel of each column
+        axes[(len(panels) - 1 - column) // columns, column].set_xlabel("block", fontsize=7)
     fig.tight_layout()
     save_figure(fig, path, dpi)
     return True
