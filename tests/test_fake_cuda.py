@@ -1,7 +1,7 @@
 """The CUDA path without a GPU: the trainer's own training step and evaluation for the
-in-memory presets (digits, probe, cifar10_fast without compile), and every patch embedding x
-pooling x scheme model, on tensors that claim to live on `cuda` (torch's FakeTensorMode), so
-that every push checks what only a GPU would otherwise show.
+presets (digits, probe, cifar10_fast without compile, class folders), and every patch
+embedding x pooling x scheme model, on tensors that claim to live on `cuda` (torch's
+FakeTensorMode), so that every push checks what only a GPU would otherwise show.
 
 What it catches: a CPU tensor mixed with a CUDA one (the fake tensors check devices as a GPU
 does), and a host sync (`.item()`, `.tolist()`, `bool(tensor)`: a fake tensor has no value to
@@ -10,13 +10,13 @@ designed sync at the end. The backward pass is walked in Python (tests/python_ba
 torch's C++ engine wants a real CUDA context.
 
 What it does not cover: kernels and numerics (nothing is computed); torch.compile (not traced
-here); class folders, with or without data.cache (their loading builds tensors as it reads
-files, which a fake mode cannot hold apart from the device's: it crashed the process); the
-DataLoader's worker processes, pinned memory and non-blocking copies; NCCL; the device of the
-augmentation's random generator (a CPU one stands in: a CUDA one needs a GPU); and the syncs
-of the logging and checkpointing around the step. The initialisers and the reading of
-in-memory datasets run for real, on the CPU, as they do on a GPU machine. `make gpu-check`
-on a real GPU covers the rest.
+here); class folders with data.cache=true (on a GPU its crops are made ahead in a thread, in
+pinned memory: real CUDA calls outside the fake mode); the DataLoader's worker processes (run
+with none), pinned memory and non-blocking copies; NCCL; the device of the augmentation's
+random generator (a CPU one stands in: a CUDA one needs a GPU); and the syncs of the logging
+and checkpointing around the step. What a loading process does on the host (initialisers,
+reading and splitting a dataset, decoding and transforming images) runs for real, on the CPU,
+as on a GPU machine. `make gpu-check` on a real GPU covers the rest.
 """
 
 import importlib
@@ -37,7 +37,7 @@ from torch._subclasses.fake_tensor import (
 )
 
 from conftest import PATCH_EMBEDS, POOLS, SCHEMES, tiny_vit
-from data_files import make_cifar10_archive
+from data_files import make_cifar10_archive, make_class_folders
 from runs import TINY
 from vit.cli import compose
 from vit.training import data as data_package
@@ -66,6 +66,10 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(trainer, "build_model", on_the_cpu(trainer.build_model))  # initialisers read values
     for kind in in_memory_datasets():  # reading and splitting a dataset: CPU work, as always
         monkeypatch.setattr(kind, "splits", on_the_cpu(kind.splits))
+    # the data config's object, and class folders' loaders (which hold no device tensors), are
+    # made for real: their transforms' tensors are the CPU ones a loading process uses
+    monkeypatch.setattr(trainer, "instantiate_group", on_the_cpu(trainer.instantiate_group))
+    monkeypatch.setattr(imagefolder.ImageFolderData, "loaders", on_the_cpu(imagefolder.ImageFolderData.loaders))
     real_device_loader = imagefolder.DeviceLoader.__init__
     monkeypatch.setattr(  # a DataLoader's loading runs in its worker processes, outside the fake mode
         imagefolder.DeviceLoader,
@@ -173,6 +177,13 @@ def test_the_presets_train_and_evaluate_on_cuda_tensors(fake_cuda, tmp_path):
             "data.batch_size=16",
             "trainer.compile=false",
             "trainer.tta=flip_shift",
+        ],
+        "class folders": [
+            "data=imagefolder",
+            f"data.root={make_class_folders(tmp_path / 'tree', per_class=(8, 4), size=20)}",
+            "data.img_size=16",
+            "data.batch_size=8",
+            "data.num_workers=0",
         ],
     }
     for name, overrides in presets.items():
