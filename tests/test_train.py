@@ -751,3 +751,17 @@ def test_a_failed_write_of_another_kind_keeps_its_error_and_leaves_no_partial_fi
         checkpoint.save_atomic({"x": 1}, tmp_path / "last.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
     assert (tmp_path / "last.pt").read_bytes() == b"previous"
+
+
+def test_a_second_sigterm_waits_for_the_save_and_a_second_ctrl_c_kills():
+    # a scheduler, or an ablation's runs when it dies, may send SIGTERM twice: the run still
+    # saves; a person pressing Ctrl-C twice means it, and the default handler is back
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == stop.handle
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+    finally:
+        stop.restore()

@@ -109,7 +109,8 @@ class StopRequest:
 
     def handle(self, signum, frame):
         self.signum = signum
-        signal.signal(signum, signal.SIG_DFL)
+        if signum == signal.SIGINT:  # a second Ctrl-C is a person insisting; a second SIGTERM
+            signal.signal(signum, signal.SIG_DFL)  # (a scheduler, a dying parent) waits for the save
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
