@@ -162,14 +162,16 @@ def test_muon_in_fp32_and_bf16_steps_alike():
         assert (u32.norm() / u16.norm() - 1).abs() < 0.01
 
 
-def scaled_step(model, optimizer, scaler, x, y, poison: bool = False) -> None:
-    """A training step as the trainer takes it under fp16: scale, unscale (for clipping), step."""
+def scaled_step(model, optimizer, scaler, x, y, poison: bool = False, clip: bool = True) -> None:
+    """A training step as the trainer takes it under fp16: scale, unscale (for clipping, when
+    it clips), step."""
     loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if poison:  # an overflow in one of Muon's matrices
         model.blocks[0].mlp.fc1.weight.grad[0, 0] = float("inf")
-    scaler.unscale_(optimizer)
+    if clip:
+        scaler.unscale_(optimizer)
     scaler.step(optimizer)
     scaler.update()
 
@@ -202,3 +204,16 @@ def test_the_grad_scaler_steps_muon_with_adamw_without_reading_found_inf_on_the_
         for key, state in before[1][part]["state"].items():
             for name, value in state.items():
                 assert torch.equal(after[part]["state"][key][name], value), (part, key, name)
+
+
+def test_without_clipping_the_step_unscales_the_gradients_itself():
+    # optim.clip_grad=null: no unscale_ before the step, so GradScaler hands the step its scale
+    model, twin = small_model(), small_model()
+    optimizer = build_optimizer(model, 1e-2, 0.05, (0.9, 0.999), True, "muon")
+    reference = build_optimizer(twin, 1e-2, 0.05, (0.9, 0.999), True, "muon")
+    x, y = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 0])
+    scaled_step(model, optimizer, torch.amp.GradScaler("cpu", init_scale=2.0**4), x, y, clip=False)
+    torch.nn.functional.cross_entropy(twin(x), y).backward()
+    reference.step()
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -70,17 +70,19 @@ class Muon(torch.optim.Optimizer):
                 continue
             if found_inf is None:
                 self.step_group(group, params)
-                continue
-            skip = found_inf.to(params[0].device).bool()
-            before = [(p.clone(), self.state[p].get("momentum_buffer")) for p in params]
-            before = [(p, None if b is None else b.clone()) for p, b in before]
-            for p in params:  # an inf gradient would make NaNs that `where` could not undo
-                p.grad = torch.where(skip, torch.zeros_like(p.grad), p.grad)
-            self.step_group(group, params)
-            for p, (old, old_buffer) in zip(params, before, strict=True):
-                p.copy_(torch.where(skip, old, p))
-                buffer = self.state[p]["momentum_buffer"]
-                buffer.copy_(torch.where(skip, torch.zeros_like(buffer) if old_buffer is None else old_buffer, buffer))
+            else:
+                self.step_group_unless(found_inf.to(params[0].device).bool(), group, params)
+
+    def step_group_unless(self, skip: Tensor, group: dict, params: list[Tensor]) -> None:
+        """step_group, then each matrix and momentum buffer put back where `skip` is set."""
+        weights = [p.clone() for p in params]
+        buffers = [self.state[p].get("momentum_buffer", torch.zeros_like(p)).clone() for p in params]
+        for p in params:  # an inf gradient would make NaNs that `where` could not undo
+            p.grad = torch.where(skip, torch.zeros_like(p.grad), p.grad)
+        self.step_group(group, params)
+        for p, weight, buffer in zip(params, weights, buffers, strict=True):
+            p.copy_(torch.where(skip, weight, p))
+            self.state[p]["momentum_buffer"].copy_(torch.where(skip, buffer, self.state[p]["momentum_buffer"]))
 
     def step_group(self, group: dict, params: list[Tensor]) -> None:
         grads = [p.grad for p in params]
@@ -118,8 +120,9 @@ class MuonWithAdamW(torch.optim.Optimizer):
         if closure is not None:
             raise ValueError("MuonWithAdamW.step takes no closure")
         found_inf, grad_scale = getattr(self, "found_inf", None), getattr(self, "grad_scale", None)
-        if grad_scale is not None:  # the trainer unscales before clipping, so this does not happen
-            raise ValueError("MuonWithAdamW steps unscaled gradients: call GradScaler.unscale_ first")
+        if grad_scale is not None:  # not unscaled for clipping: GradScaler leaves it to the step
+            grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+            torch._foreach_div_(grads, grad_scale)  # inf stays inf: found_inf still skips the step
         if found_inf is not None and not self.adamw.defaults.get("fused"):
             if found_inf.item():  # only fused AdamW skips on the device; the others are told here
                 return
