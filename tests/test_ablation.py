@@ -153,18 +153,6 @@ def test_a_sweep_trains_every_scheme_of_a_seed_before_the_next_seed(tmp_path, mo
     assert grid == ["seed", "model/pos_embed", "model.pool"]  # Hydra's sweeper varies the last fastest
 
 
-def test_jobs_train_the_grid_in_parallel_into_the_folders_a_sweep_uses(tmp_path):
-    args = ["ablation.schemes=[none,learned_1d]", "jobs=2", *TINY]
-    result = ablate(tmp_path, *args)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert "2 of 2 runs of quick to train, 2 at a time" in result.stdout
-    trained = [line.split(",")[0].split(": ")[1] for line in result.stdout.splitlines() if line.startswith("trained ")]
-    assert sorted(trained) == ["learned_1d_seed0", "none_seed0"]
-    rows = list(csv.DictReader(open(tmp_path / "outputs" / "ablations" / "quick" / "results.csv")))
-    assert [(r["scheme"], r["status"]) for r in rows] == [("none", "finished"), ("learned_1d", "finished")]
-    assert all(float(r["eval_acc1"]) == float(r["final_acc1"]) for r in rows)
-
-
 def test_jobs_run_single_runs_seed_major_into_the_sweep_folders(tmp_path, monkeypatch):
     given = []
     monkeypatch.setattr(
@@ -351,10 +339,18 @@ def accuracy_rows(out: Path) -> list[tuple]:
     return [tuple(r[k] for k in ACCURACY) + tuple(v for k, v in r.items() if k.startswith("acc1_at_")) for r in rows]
 
 
-def test_an_ablation_killed_while_its_runs_train_loses_nothing(tmp_path):
+def test_jobs_train_the_grid_in_parallel_and_a_kill_while_they_train_loses_nothing(tmp_path):
     args = ["ablation.schemes=[none,learned_1d]", *TINY, "trainer.epochs=3", "data.num_train=1024", "jobs=2"]
     (tmp_path / "uncut").mkdir()
-    assert ablate(tmp_path / "uncut", *args).returncode == 0
+    result = ablate(tmp_path / "uncut", *args)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "2 of 2 runs of quick to train, 2 at a time" in result.stdout
+    trained = [line.split(",")[0].split(": ")[1] for line in result.stdout.splitlines() if line.startswith("trained ")]
+    assert sorted(trained) == ["learned_1d_seed0", "none_seed0"]  # into the folders a sweep uses
+    rows = list(csv.DictReader(open(tmp_path / "uncut" / "outputs" / "ablations" / "quick" / "results.csv")))
+    assert [(r["scheme"], r["status"]) for r in rows] == [("none", "finished"), ("learned_1d", "finished")]
+    assert all(float(r["eval_acc1"]) == float(r["final_acc1"]) for r in rows)
+
     cut = tmp_path / "cut"
     cut.mkdir()
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "ablate.py"), *args], cwd=cut)

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from runs import TINY, metrics, train_command
@@ -63,43 +62,32 @@ def same_weights(a: Path, b: Path) -> None:
         assert torch.equal(tensor, y["model"][name]), name
 
 
-@pytest.fixture(scope="module")
-def uncut(tmp_path_factory) -> Path:
-    """The run as two processes train it without a cut: what every cut run must end as."""
-    folder = tmp_path_factory.mktemp("uncut")
+def uncut(folder: Path) -> Path:
+    """The run as two processes train it without a cut: what the cut run must end as."""
     proc = subprocess.run(torchrun(folder / "run"), cwd=folder, capture_output=True, text=True, timeout=600, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     return folder / "run"
 
 
-def test_a_rank_killed_mid_epoch_is_restarted_by_torchrun_to_bit_identical_weights(tmp_path, uncut):
-    cut = tmp_path / "cut"
-
+def test_a_killed_rank_is_restarted_and_a_stopped_launcher_resumes_to_bit_identical_weights(tmp_path):
+    (tmp_path / "uncut").mkdir()
+    done, cut = uncut(tmp_path / "uncut"), tmp_path / "cut"
     launcher = subprocess.Popen(
         torchrun(cut, "--max-restarts=3"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
     )
-    wait_for_epoch(launcher, cut, 1)  # epoch 1's checkpoint is saved; epoch 2 is training
-    os.kill(worker(launcher, 1), signal.SIGKILL)
-    _, err = launcher.communicate(timeout=600)
-    assert launcher.returncode == 0, err.decode()[-3000:]
-    assert (cut / "train.log").read_text().count(" parameters, ") == 2  # trained in two sessions: restarted
-    same_weights(uncut, cut)
-    assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3]  # each epoch logged once
-    assert [r["val_acc1"] for r in metrics(cut)] == [r["val_acc1"] for r in metrics(uncut)]
-    assert not (cut / "error.txt").exists()  # the finished run does not keep the crash's note
-
-
-def test_sigterm_to_the_launcher_saves_the_group_and_resume_finishes_it(tmp_path, uncut):
-    cut = tmp_path / "cut"
-    launcher = subprocess.Popen(
-        torchrun(cut, "--max-restarts=3"), cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env()
-    )
+    # kill -9 of one rank while epoch 2 trains: torchrun restarts the group from epoch 1's checkpoint
     wait_for_epoch(launcher, cut, 1)
+    os.kill(worker(launcher, 1), signal.SIGKILL)
+    wait_for_epoch(launcher, cut, 2)
+    assert (cut / "train.log").read_text().count(" parameters, ") == 2  # a second session: restarted
+    # SIGTERM to the launcher while epoch 3 trains: the group agrees on a step, saves, and stops
     launcher.send_signal(signal.SIGTERM)
     _, err = launcher.communicate(timeout=600)
-    assert launcher.returncode != 0  # stopped, not finished: a scheduler requeues it
-    saved = load_checkpoint(cut / "checkpoints" / "last.pt")
-    assert 192 <= saved["step"] < 3 * 192  # saved where the group agreed to stop, after epoch 1
+    assert launcher.returncode != 0, err.decode()[-3000:]  # stopped, not finished: a scheduler requeues it
+    assert 2 * 192 <= load_checkpoint(cut / "checkpoints" / "last.pt")["step"] < 3 * 192
     proc = subprocess.run(torchrun(cut), cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    same_weights(uncut, cut)
+    same_weights(done, cut)
+    assert [r["epoch"] for r in metrics(cut)] == [1, 2, 3]  # each epoch logged once
+    assert [r["val_acc1"] for r in metrics(cut)] == [r["val_acc1"] for r in metrics(done)]
+    assert not (cut / "error.txt").exists()  # the finished run does not keep the crash's note

@@ -51,14 +51,36 @@ def launch() -> None:
                 f"use --nproc_per_node={gpus}, or trainer.device=cpu"
             )
         torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl", **restart_store())
     else:
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend="gloo", **restart_store())
     stamp = [repr(time.time())]
     dist.broadcast_object_list(stamp, src=0, device=torch.device("cpu"))
     os.environ[LAUNCH_TIME] = stamp[0]
     if dist.get_rank() != 0:  # rank 0 alone writes the run's config and log files
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def restart_store() -> dict:
+    """torchrun's agent keeps one store server for every restart of the group (pytorch#135712),
+    so a restarted group would find the dead group's Gloo/NCCL addresses there and hang
+    connecting to them. Each restart gets keys of its own: on one node every worker has the
+    same restart count. On several nodes the counts can differ; there the launcher needs
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, which gives every restart a fresh store."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # env:// as usual: rank 0 hosts a fresh store in each start
+    import torch.distributed as dist
+
+    world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    if world > int(os.environ.get("LOCAL_WORLD_SIZE", world)) and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", 0)):
+        print(
+            "warning: torchrun restarts on several nodes share one store; launch with "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1, or a restarted group may hang",
+            file=sys.stderr,
+        )
+    server = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False)
+    prefix = f"vit/restart_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    return {"store": dist.PrefixStore(prefix, server), "rank": rank, "world_size": world}
 
 
 def launch_time(fmt: str) -> str:
