@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 from conftest import ALL_COMBINATIONS, PATCH_EMBEDS, POOLS, SCHEMES, perturb_, tiny_vit
@@ -74,11 +75,39 @@ def test_conv_tokenizer_halves_the_grid_per_stage_and_normalises_when_asked():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules())
     normed = ConvTokenizer(patch_size=8, in_chans=1, embed_dim=64, batch_norm=True)
     kinds = [type(m).__name__ for m in normed.tokenizer]
-    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d"] * 3  # normalised before the non-linearity
+    assert kinds == ["Conv2d", "BatchNorm2d", "MaxPool2d", "ReLU"] * 3  # normalised before the non-linearity
     assert normed(torch.rand(4, 1, 32, 24)).shape == (4, 4 * 3, 64)
     cct = ConvTokenizer(patch_size=8, in_chans=3, embed_dim=96, hidden_width=64)  # CCT's in_planes
     widths = [(c.in_channels, c.out_channels) for c in cct.modules() if isinstance(c, torch.nn.Conv2d)]
     assert widths == [(3, 64), (64, 64), (64, 96)]
+
+
+@pytest.mark.parametrize("padding", ["zeros", "circular"])
+def test_the_tokenizer_pools_before_its_relu_to_cct_s_values_and_gradients_bit_for_bit(padding):
+    from vit.model.patch_embed.conv_tokenizer import ConvTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = ConvTokenizer(patch_size=4, in_chans=1, embed_dim=32, padding=padding)
+    images = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+
+    def cct(x):  # as published: convolution, ReLU, then the 3x3 stride-2 max-pool
+        for conv in (m for m in tokenizer.tokenizer if isinstance(m, torch.nn.Conv2d)):
+            x = F.relu(conv(x))
+            x = (
+                F.max_pool2d(F.pad(x, (1,) * 4, mode="circular"), 3, 2)
+                if padding == "circular"
+                else F.max_pool2d(x, 3, 2, 1)
+            )
+        return x.flatten(2).transpose(1, 2)
+
+    grads = []
+    for tokens in (tokenizer(images), cct(images)):
+        weights = [m.weight for m in tokenizer.modules() if isinstance(m, torch.nn.Conv2d)]
+        grads.append((tokens, torch.autograd.grad((tokens * torch.linspace(-1, 1, 32)).sum(), weights)))
+    (ours, ours_grads), (published, published_grads) = grads
+    assert (ours > 0).any() and (ours == 0).any()  # the ReLU cuts somewhere
+    assert torch.equal(ours, published)
+    assert all(torch.equal(a, b) for a, b in zip(ours_grads, published_grads, strict=True))
 
 
 def test_a_circular_tokenizer_marks_no_edge_and_zero_padding_does():

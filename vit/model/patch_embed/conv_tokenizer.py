@@ -44,12 +44,15 @@ class ConvTokenizer(nn.Module):
         for i in range(stages):
             width = embed_dim if i == stages - 1 else hidden_width or max(16, embed_dim // 2 ** (stages - 1 - i))
             wrap = padding == "circular"
+            # CCT's ReLU then max-pool, in the other order: ReLU is monotone, so max(relu(x)) =
+            # relu(max(x)) and the gradient reaches the same place, bit for bit; the ReLU and
+            # its backward then touch a quarter of the elements
             layers += [
                 nn.Conv2d(width_in, width, kernel_size=3, stride=1, padding=1, padding_mode=padding, bias=False),
                 *([nn.BatchNorm2d(width)] if batch_norm else []),
-                nn.ReLU(inplace=True),
                 *([nn.CircularPad2d(1)] if wrap else []),
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=0 if wrap else 1),
+                nn.ReLU(inplace=True),
             ]
             width_in = width
         self.tokenizer = nn.Sequential(*layers)
