@@ -179,6 +179,22 @@ def test_parallel_runs_share_the_cores_and_report_each_ending(tmp_path, monkeypa
     assert "failed 1/2: a_seed0 (exit 1" in out and "failed 2/2: b_seed0 (exit 1" in out
 
 
+def test_the_next_run_trains_while_a_finished_one_is_evaluated(tmp_path):
+    folders = [tmp_path / "a_seed0", tmp_path / "b_seed0"]
+    write = "import json, pathlib, sys; pathlib.Path(sys.argv[1]).write_text(json.dumps({'final_val_acc1': 50.0}))"
+    commands = [[sys.executable, "-c", write, str(f / "summary.json")] for f in folders]
+    seen = []
+
+    def evaluate_a():  # evaluating run a takes until run b has finished training
+        deadline = time.time() + 30
+        while not (folders[1] / "summary.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        seen.append(("a", (folders[1] / "summary.json").exists()))
+
+    assert ablation.run_in_parallel(commands, folders, 1, [evaluate_a, lambda: seen.append(("b", True))]) == 0
+    assert seen == [("a", True), ("b", True)]  # b trained meanwhile; evaluations in order, one at a time
+
+
 def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):
     for args, message in (
         (["jobs=0"], "jobs=0"),

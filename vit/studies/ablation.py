@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -170,14 +170,23 @@ def run_in_parallel(
     """Each command in its own process, `jobs` at a time, each with an equal share of the CPU
     threads (two one-thread runs on 2 cores train more images per second than one two-thread
     run); with jobs > 1 a run's console goes to console.log in its folder. A line per run says
-    how it ended, and `finished[i]()` is called as run i finishes. Returns 1 if any failed."""
+    how it ended, and `finished[i]()` is called as run i finishes, one at a time in a queue
+    of its own, so that the next run starts training while a finished one is evaluated.
+    Returns 1 if any failed."""
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    one = partial(run_logged, env=env, quiet=jobs > 1)
+    if finished and jobs > 1:  # the evaluations here share the cores with the runs training
+        import torch
+
+        torch.set_num_threads(threads)
     numbers = [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]
-    with ThreadPoolExecutor(jobs) as pool:
+    with ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
+        one = partial(run_logged, env=env, quiet=jobs > 1, queue=evaluations)
         codes = list(pool.map(one, commands, folders, numbers, finished or [None] * len(commands)))
-    return int(any(codes))
+    for code in codes:
+        if isinstance(code, Future):
+            code.result()  # an error while evaluating a finished run is raised here
+    return int(any(code != 0 for code in codes if not isinstance(code, Future)))
 
 
 def stop_with_parent() -> None:
@@ -190,8 +199,16 @@ def stop_with_parent() -> None:
 
 
 def run_logged(
-    command: list[str], folder: Path, number: str, finished: Callable[[], None] | None, env: dict, quiet: bool
-) -> int:
+    command: list[str],
+    folder: Path,
+    number: str,
+    finished: Callable[[], None] | None,
+    env: dict,
+    quiet: bool,
+    queue: ThreadPoolExecutor | None = None,
+) -> int | Future:
+    """A run's exit code, or, where it finished and `finished` is given, the Future of
+    `finished()` in `queue` (called here without one)."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(folder / "console.log", "a") if quiet else contextlib.nullcontext() as console:
@@ -202,6 +219,8 @@ def run_logged(
         final = json.loads((folder / "summary.json").read_text())["final_val_acc1"]
         print(f"trained {number}: {folder.name}, final acc1 {final:.2f} ({minutes:.1f} min)", flush=True)
         if finished is not None:
+            if queue is not None:
+                return queue.submit(finished)
             finished()
     else:
         where = f"; see {folder / 'console.log'}" if quiet else ""
