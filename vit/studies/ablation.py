@@ -179,14 +179,19 @@ def run_in_parallel(
         import torch
 
         torch.set_num_threads(threads)
+    one = partial(run_logged, env=env, quiet=jobs > 1)
     numbers = [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]
+    evaluated: list[Future] = []
     with ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
-        one = partial(run_logged, env=env, quiet=jobs > 1, queue=evaluations)
-        codes = list(pool.map(one, commands, folders, numbers, finished or [None] * len(commands)))
-    for code in codes:
-        if isinstance(code, Future):
-            code.result()  # an error while evaluating a finished run is raised here
-    return int(any(code != 0 for code in codes if not isinstance(code, Future)))
+
+        def queue(evaluate: Callable[[], None]) -> None:
+            evaluated.append(evaluations.submit(evaluate))
+
+        queued = [f and partial(queue, f) for f in finished or []]
+        codes = list(pool.map(one, commands, folders, numbers, queued or [None] * len(commands)))
+    for evaluation in evaluated:
+        evaluation.result()  # an error while evaluating a finished run is raised here
+    return int(any(codes))
 
 
 def stop_with_parent() -> None:
@@ -199,16 +204,8 @@ def stop_with_parent() -> None:
 
 
 def run_logged(
-    command: list[str],
-    folder: Path,
-    number: str,
-    finished: Callable[[], None] | None,
-    env: dict,
-    quiet: bool,
-    queue: ThreadPoolExecutor | None = None,
-) -> int | Future:
-    """A run's exit code, or, where it finished and `finished` is given, the Future of
-    `finished()` in `queue` (called here without one)."""
+    command: list[str], folder: Path, number: str, finished: Callable[[], None] | None, env: dict, quiet: bool
+) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(folder / "console.log", "a") if quiet else contextlib.nullcontext() as console:
@@ -219,8 +216,6 @@ def run_logged(
         final = json.loads((folder / "summary.json").read_text())["final_val_acc1"]
         print(f"trained {number}: {folder.name}, final acc1 {final:.2f} ({minutes:.1f} min)", flush=True)
         if finished is not None:
-            if queue is not None:
-                return queue.submit(finished)
             finished()
     else:
         where = f"; see {folder / 'console.log'}" if quiet else ""
