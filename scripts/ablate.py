@@ -61,6 +61,8 @@ def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, co
     keys = {name: config_key(config) for name, config in configs.items()}
     book = Book(ablation, out, ledger, keys, "cpu" if device == "auto" else device, configs)
     code = run_sweep(ablation, out, extra, cfg.jobs, book) if cfg.train else 0
+    if code > 128:  # stopped by a signal, which it has said: no report until the runs are back
+        return code
 
     from vit.studies.report import write_report
 

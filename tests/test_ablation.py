@@ -4,8 +4,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -169,9 +171,15 @@ def test_jobs_run_single_runs_seed_major_into_the_sweep_folders(tmp_path, monkey
 
 def test_parallel_runs_share_the_cores_and_report_each_ending(tmp_path, monkeypatch, capsys):
     envs = []
-    monkeypatch.setattr(
-        subprocess, "run", lambda command, env, **_: envs.append(env) or subprocess.CompletedProcess(command, 1)
-    )
+
+    class Failing:  # a run that fails at once
+        def __init__(self, command, env, **_):
+            envs.append(env)
+
+        def wait(self):
+            return 1
+
+    monkeypatch.setattr(subprocess, "Popen", Failing)
     folders = [tmp_path / "a_seed0", tmp_path / "b_seed0"]
     assert ablation.run_in_parallel([["x"], ["y"]], folders, jobs=2) == 1
     assert [e["OMP_NUM_THREADS"] for e in envs] == [str(max(1, len(os.sched_getaffinity(0)) // 2))] * 2
@@ -193,6 +201,60 @@ def test_the_next_run_trains_while_a_finished_one_is_evaluated(tmp_path):
 
     assert ablation.run_in_parallel(commands, folders, 1, [evaluate_a, lambda: seen.append(("b", True))]) == 0
     assert seen == [("a", True), ("b", True)]  # b trained meanwhile; evaluations in order, one at a time
+
+
+# a stand-in for scripts/train.py: marks that it started, and on SIGTERM marks that it saved
+# and exits as train.py does once a signal made it save (128 + 15)
+RUN = """import pathlib, signal, sys, time
+folder = pathlib.Path(sys.argv[1])
+signal.signal(signal.SIGTERM, lambda *_: (folder.joinpath("saved").touch(), sys.exit(143)))
+folder.joinpath("started").touch()
+time.sleep(60)
+"""
+
+
+def test_sigterm_to_a_sweep_makes_the_runs_under_way_save_starts_no_more_and_says_so(tmp_path, capsys):
+    folders = [tmp_path / f"{name}_seed0" for name in ("a", "b", "c")]
+    commands = [[sys.executable, "-c", RUN, str(folder)] for folder in folders]
+
+    def terminate_once_a_started():
+        deadline = time.time() + 60
+        while not (folders[0] / "started").exists() and time.time() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process only, as a scheduler would send it
+
+    threading.Thread(target=terminate_once_a_started, daemon=True).start()
+    started = time.time()
+    assert ablation.run_in_parallel(commands, folders, jobs=1, finished=[lambda: None] * 3) == 128 + signal.SIGTERM
+    assert time.time() - started < 30  # a did not sleep its minute out
+    assert (folders[0] / "saved").exists()
+    assert not any((f / "started").exists() for f in folders[1:])
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the sweep's handler is gone again
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2].startswith("stopped 1/3: a_seed0 after")
+    assert out[-1].startswith("stopped by signal 15 (runs: 1 saved where they were, 2 not started, 0 finished")
+
+
+def test_a_stopped_ablation_exits_with_one_line_and_its_run_saved(tmp_path):
+    args = ["ablation.schemes=[none]", *TINY, "trainer.epochs=3", "data.num_train=1024"]
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "ablate.py"), *args],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    run = tmp_path / "outputs" / "ablations" / "quick" / "runs" / "none_seed0"
+    deadline = time.time() + 300
+    while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().strip()):
+        assert proc.poll() is None and time.time() < deadline, "the ablation ended before it could be stopped"
+        time.sleep(0.02)
+    proc.terminate()
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out[-2000:] + err[-2000:]
+    assert "Traceback" not in err and out.splitlines()[-1].startswith("stopped by signal 15")
+    assert (run / "checkpoints" / "last.pt").exists() and not (run / "summary.json").exists()
+    assert not (run.parents[1] / "report.md").exists()  # resuming it is the kill test's (below)
 
 
 def test_ablate_refuses_jobs_it_cannot_honour(tmp_path):

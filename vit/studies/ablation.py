@@ -30,8 +30,10 @@ from omegaconf import DictConfig
 
 from vit import registry
 from vit.studies import results
+from vit.studies.sweep_stop import SweepStop
 
 ROOT = Path(__file__).resolve().parents[2]
+SAVED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # scripts/train.py's exit once a signal made it save
 
 
 @dataclass
@@ -172,25 +174,38 @@ def run_in_parallel(
     run); with jobs > 1 a run's console goes to console.log in its folder. A line per run says
     how it ended, and `finished[i]()` is called as run i finishes, one at a time in a queue
     of its own, so that the next run starts training while a finished one is evaluated.
-    Returns 1 if any failed."""
+    Returns 1 if any failed; 128 + the signal if SIGTERM or Ctrl-C stopped the sweep (the
+    runs under way saved, the rest did not start, the finished ones' evaluations still ran)."""
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if finished and jobs > 1:  # the evaluations here share the cores with the runs training
         import torch
 
         torch.set_num_threads(threads)
-    one = partial(run_logged, env=env, quiet=jobs > 1)
     numbers = [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]
     evaluated: list[Future] = []
-    with ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
+    with SweepStop() as stop, ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
+        one = partial(run_logged, env=env, quiet=jobs > 1, stop=stop)
 
         def queue(evaluate: Callable[[], None]) -> None:
             evaluated.append(evaluations.submit(evaluate))
 
         queued = [f and partial(queue, f) for f in finished or []]
         codes = list(pool.map(one, commands, folders, numbers, queued or [None] * len(commands)))
+        if stop.signum:  # the one under way ends; the next sitting evaluates the others first
+            evaluations.shutdown(wait=False, cancel_futures=True)
     for evaluation in evaluated:
-        evaluation.result()  # an error while evaluating a finished run is raised here
+        if not evaluation.cancelled():
+            evaluation.result()  # an error while evaluating a finished run is raised here
+    if stop.signum:
+        saved, left = sum(c in SAVED for c in codes), codes.count(None)
+        unevaluated = sum(e.cancelled() for e in evaluated)
+        print(
+            f"stopped by signal {stop.signum} (runs: {saved} saved where they were, {left} not started, "
+            f"{unevaluated} finished but not evaluated); the same command goes on from there",
+            flush=True,
+        )
+        return 128 + stop.signum
     return int(any(codes))
 
 
@@ -204,19 +219,31 @@ def stop_with_parent() -> None:
 
 
 def run_logged(
-    command: list[str], folder: Path, number: str, finished: Callable[[], None] | None, env: dict, quiet: bool
-) -> int:
+    command: list[str],
+    folder: Path,
+    number: str,
+    finished: Callable[[], None] | None,
+    env: dict,
+    quiet: bool,
+    stop: SweepStop,
+) -> int | None:
+    """The run's exit code, or None if the sweep was stopped before it started."""
     folder.mkdir(parents=True, exist_ok=True)
     started = time.time()
     with open(folder / "console.log", "a") if quiet else contextlib.nullcontext() as console:
         stderr = subprocess.STDOUT if quiet else None
-        code = subprocess.run(command, stdout=console, stderr=stderr, env=env, preexec_fn=stop_with_parent).returncode
+        process = stop.start(command, stdout=console, stderr=stderr, env=env, preexec_fn=stop_with_parent)
+        if process is None:
+            return None
+        code = stop.wait(process)
     minutes = (time.time() - started) / 60
     if code == 0 and (folder / "summary.json").exists():
         final = json.loads((folder / "summary.json").read_text())["final_val_acc1"]
         print(f"trained {number}: {folder.name}, final acc1 {final:.2f} ({minutes:.1f} min)", flush=True)
         if finished is not None:
             finished()
+    elif stop.signum and code in SAVED:
+        print(f"stopped {number}: {folder.name} after {minutes:.1f} min, saved where it was", flush=True)
     else:
         where = f"; see {folder / 'console.log'}" if quiet else ""
         print(f"failed {number}: {folder.name} (exit {code}{where})", flush=True)
