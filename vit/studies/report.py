@@ -270,7 +270,9 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         "",
         "Mean ± the 95% confidence interval over seeds (Student's t), accuracies in percent; resolutions are test "
         'image sizes with no fine-tuning; "shuffled patches" permutes the patch tokens of each '
-        "validation image, right after the patch embedding.",
+        "validation image, right after the patch embedding. images/s is each run's own training rate, which "
+        "depends on the machine and on what trained beside it (`jobs`): compare speeds with "
+        "`scripts/benchmark.py`, side by side in one process, not in this column.",
         "",
         *results_table(summary),
         "",
