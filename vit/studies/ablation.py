@@ -175,7 +175,8 @@ def run_in_parallel(
     how it ended, and `finished[i]()` is called as run i finishes, one at a time in a queue
     of its own, so that the next run starts training while a finished one is evaluated.
     Returns 1 if any failed; 128 + the signal if SIGTERM or Ctrl-C stopped the sweep (the
-    runs under way saved, the rest did not start, the finished ones' evaluations still ran)."""
+    runs under way saved, the rest did not start, an evaluation under way finished and those
+    not begun were left to the next sitting)."""
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if finished and jobs > 1:  # the evaluations here share the cores with the runs training

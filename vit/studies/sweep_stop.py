@@ -8,32 +8,27 @@ import signal
 import subprocess
 import threading
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+from vit.training.stop_request import StopRequest
 
 
-class SweepStop:
-    """Installed by the main thread for as long as the sweep trains (`with SweepStop() as stop`);
-    the threads that start runs ask `start` for each process instead of starting it themselves."""
+class SweepStop(StopRequest):
+    """A training process's stop request, passed on to the runs it started: held by the main
+    thread for as long as the sweep trains (`with SweepStop() as stop`); the threads that
+    start runs ask `start` for each process instead of starting it themselves."""
 
     def __init__(self):
-        self.signum = 0
         self.running: set[subprocess.Popen] = set()
         self._lock = threading.Lock()  # taken by the threads that start runs, never by the handler
-        self.previous: dict = {}
+        super().__init__()
 
     def __enter__(self) -> SweepStop:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may
-            self.previous = {sig: signal.signal(sig, self.handle) for sig in SIGNALS}
         return self
 
     def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+        self.restore()
 
     def handle(self, signum, frame) -> None:
-        self.signum = signum
-        if signum == signal.SIGINT:  # a second Ctrl-C is a person insisting
-            signal.signal(signum, signal.SIG_DFL)
+        super().handle(signum, frame)
         for process in list(self.running):  # Ctrl-C reached them from the terminal; SIGTERM did not
             process.send_signal(signal.SIGTERM)
 
