@@ -327,6 +327,48 @@ def test_paired_differences_and_intervals_say_what_is_resolved(tmp_path):
     assert ("none", "none") not in pairs and ("none", "learned_1d") in pairs
 
 
+def test_holm_step_down_stops_at_the_first_p_over_its_threshold():
+    from scipy import stats
+
+    from vit.studies.ablation import holm, p_value
+
+    assert p_value([0.5, -1.0, 1.0]) == pytest.approx(stats.ttest_1samp([0.5, -1.0, 1.0], 0).pvalue)
+    assert p_value([0.3, 0.3]) == 0.0 and p_value([0.0, 0.0]) == 1.0 and p_value([0.3]) != p_value([0.3])
+
+    def family(*ps):
+        return [{"label": str(i), "n": 3, "p": p} for i, p in enumerate(ps)] + [{"label": "one seed", "n": 1, "p": 0.0}]
+
+    rows = family(0.04, 0.001, 0.02)  # thresholds 0.05/3, 0.05/2, 0.05: all pass
+    holm(rows)
+    assert [r["holm"] for r in rows] == [True, True, True, False]  # one seed is no test
+    rows = family(0.04, 0.001, 0.03)  # 0.03 > 0.025 stops the run: 0.04 fails too, below 0.05
+    holm(rows)
+    assert [r["holm"] for r in rows] == [False, True, False, False]
+
+
+def test_the_report_says_which_differences_survive_the_correction(tmp_path):
+    from vit.studies.ablation import Run, paired_differences
+
+    def run(scheme, seed, acc):
+        return Run(
+            {"model/pos_embed": scheme, "seed": str(seed)}, tmp_path, "finished", summary={"final_val_acc1": acc}
+        )
+
+    learned = [90.0, 91.0, 92.0]
+    runs = [run("learned_1d", s, a) for s, a in enumerate(learned)]
+    runs += [run("far", s, a + 5.0) for s, a in enumerate(learned)]  # p = 0: survives
+    runs += [run("near", s, a + d) for s, (a, d) in enumerate(zip(learned, [0.4, 0.8, 0.6], strict=True))]  # p 0.035
+    runs += [
+        run(f"same{k}", s, a + d) for k in range(4) for s, (a, d) in enumerate(zip(learned, [-1, 1, 0.5], strict=True))
+    ]
+    pairs = [p for p in paired_differences(runs) if p["baseline"] == "learned_1d"]
+    near = next(p for p in pairs if p["label"] == "near")
+    assert near["resolved"] and 0.05 / 5 < near["p"] < 0.05 and not near["holm"]
+    text = "\n".join(report.differences_section(pairs))
+    holm = "Corrected for all 6 comparisons against learned_1d (Holm, 5% family-wise): still resolved: `far`"
+    assert holm + "; no longer: `near`." in text
+
+
 def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
     from vit.studies.ablation import Run, varied_differences
 

@@ -437,8 +437,9 @@ def ci95(values: list[float]) -> float:
 
 def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[dict]:
     """Each label against each baseline scheme (`none`, `learned_1d`), over the seeds (and
-    other grid values) both finished: mean difference in points, its 95% interval, and
-    whether the interval excludes zero (resolved)."""
+    other grid values) both finished: mean difference in points, its 95% interval, whether
+    the interval excludes zero (resolved), and whether that holds after Holm's correction for
+    all the comparisons against the same baseline (holm)."""
     finished = [r for r in runs if r.status == "finished"]
 
     def pairing(run: Run) -> tuple:  # what two runs must share to be a pair: all but the scheme
@@ -451,6 +452,7 @@ def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
             diffs = [r.summary[metric] - base[pairing(r)] for r in finished if r.label == label and pairing(r) in base]
             if diffs:
                 rows.append({"label": label, "baseline": baseline, **difference(diffs)})
+        holm([r for r in rows if r["baseline"] == baseline])
     return rows
 
 
@@ -473,12 +475,40 @@ def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
                 label = " ".join([run.scheme, *others])
                 groups.setdefault(label, []).append(run.summary[metric] - base[rest(run)])
             along = {"key": short(key), "value": value, "reference": values[0]}
-            rows += [{"label": label, **along, **difference(diffs)} for label, diffs in groups.items()]
+            family = [{"label": label, **along, **difference(diffs)} for label, diffs in groups.items()]
+            holm(family)
+            rows += family
     return rows
 
 
 def difference(diffs: list[float]) -> dict:
-    """Paired differences summed up: how many, their mean, its 95% interval, and whether that
-    interval excludes zero."""
+    """Paired differences summed up: how many, their mean, its 95% interval, whether that
+    interval excludes zero, and the two-sided p of the paired t-test (nan below 2 pairs)."""
     mean, half = statistics.fmean(diffs), ci95(diffs)
-    return {"n": len(diffs), "mean": mean, "ci95": half, "resolved": len(diffs) > 1 and abs(mean) > half}
+    resolved = len(diffs) > 1 and abs(mean) > half
+    return {"n": len(diffs), "mean": mean, "ci95": half, "resolved": resolved, "p": p_value(diffs)}
+
+
+def p_value(diffs: list[float]) -> float:
+    """Two-sided p of Student's t-test that the mean difference is zero."""
+    if len(diffs) < 2:
+        return float("nan")
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0:  # identical differences: certain, unless all zero
+        return 1.0 if mean == 0 else 0.0
+    from scipy import stats
+
+    return float(2 * stats.t.sf(abs(mean) / (sd / len(diffs) ** 0.5), len(diffs) - 1))
+
+
+def holm(rows: list[dict], alpha: float = 0.05) -> None:
+    """Mark which comparisons of one family stay resolved after Holm's correction (family-wise
+    error alpha): with m tests, the k-th smallest p must be at most alpha / (m - k + 1), and
+    the first that is not ends the run. Each row gains "holm": bool."""
+    tested = sorted((r for r in rows if r["n"] > 1), key=lambda r: r["p"])
+    passing = True
+    for k, row in enumerate(tested):
+        passing = passing and row["p"] <= alpha / (len(tested) - k)
+        row["holm"] = passing
+    for row in rows:
+        row.setdefault("holm", False)

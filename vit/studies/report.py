@@ -174,7 +174,20 @@ def differences_section(pairs: list[dict]) -> list[str]:
         open_ = [p["label"] for p in pairs if p["baseline"] == b and not p["resolved"]]
         ahead, behind, open_ = (", ".join(names) or "no scheme" for names in (ahead, behind, open_))
         lines += ["", f"Against {b}: resolved ahead: {ahead}; resolved behind: {behind}; not resolved: {open_}."]
+        lines += holm_sentence([p for p in pairs if p["baseline"] == b], f"against {b}")
     return [*lines, ""]
+
+
+def holm_sentence(family: list[dict], what: str) -> list[str]:
+    """Which resolved differences survive Holm's correction for the family's size: each
+    interval above is for one comparison alone, and with many, some exclude zero by chance."""
+    tested = [p for p in family if p["n"] > 1]
+    if len(tested) < 2 or not any(p["resolved"] for p in tested):
+        return []
+    kept = ", ".join(f"`{p['label']}`" for p in tested if p["holm"]) or "no comparison"
+    lost = [f"`{p['label']}`" for p in tested if p["resolved"] and not p["holm"]]
+    text = f"Corrected for all {len(tested)} comparisons {what} (Holm, 5% family-wise): still resolved: {kept}"
+    return ["", text + (f"; no longer: {', '.join(lost)}." if lost else ".")]
 
 
 def varied_section(pairs: list[dict]) -> list[str]:
@@ -194,6 +207,9 @@ def varied_section(pairs: list[dict]) -> list[str]:
         text = f"{p['mean']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["n"] > 1 else " (1 seed)")
         change = f"{p['key']}: {p['reference']} → {p['value']}"
         lines.append(f"| {p['label']} | {change} | {f'**{text}**' if p['resolved'] else text} |")
+    for along in dict.fromkeys((p["key"], p["reference"], p["value"]) for p in pairs):
+        family = [p for p in pairs if (p["key"], p["reference"], p["value"]) == along]
+        lines += holm_sentence(family, f"of {along[0]}: {along[1]} → {along[2]}")
     return [*lines, ""]
 
 
