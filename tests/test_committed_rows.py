@@ -39,8 +39,9 @@ def test_each_committed_row_matches_a_run_its_ablation_composes_today(path):
     rows = read_rows(path)
     assert rows, f"{path.name} is empty"
     stale = [row["run"] for row in rows if keys.get(row["run"]) != row["config_key"]]
+    named = ", ".join(stale[:3]) + (", ..." if len(stale) > 3 else "")
     assert not stale, (
         f"{len(stale)} of {len(rows)} committed rows of {path.stem} no longer match the config "
-        f"their runs compose today ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}): a setting or default changed since "
-        "they trained; keep the old behaviour as the default, or retrain and recommit the study"
+        f"their runs compose today ({named}): a setting or default changed since they trained"
+        "; keep the old behaviour as the default, or retrain and recommit the study"
     )
