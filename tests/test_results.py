@@ -42,6 +42,9 @@ def test_a_run_two_studies_share_is_found_in_the_other_studys_file(tmp_path):
     pooled = Ledger.in_folder(tmp_path, "fmnist_patch_pool")
     assert pooled.get("shared")["ablation"] == "fmnist_patch" and pooled.get("other") is None
     assert pooled.path == tmp_path / "fmnist_patch_pool.jsonl" and not pooled.path.exists()
+    assert pooled.file_of("shared") == tmp_path / "fmnist_patch.jsonl"  # what ablate.py names
+    pooled.add(make_row("fmnist_patch_pool", "gap", {}, "own", SUMMARY, {}, []))
+    assert pooled.file_of("own") == pooled.path
 
 
 def test_a_damaged_results_file_names_the_file_and_line(tmp_path):

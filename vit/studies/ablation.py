@@ -151,7 +151,8 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
     committed = [p for p in todo if book is not None and book.row(p) is not None]
     todo = [p for p in todo if p not in committed]
     if committed:
-        print(f"{len(committed)} runs of {cfg.name} are committed in {book.ledger.path}; not training them again")
+        files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)])) for p in committed})
+        print(f"{len(committed)} runs of {cfg.name} are committed in {', '.join(files)}; not training them again")
     if not todo:
         print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
         return 0

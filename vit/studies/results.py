@@ -139,7 +139,10 @@ class Ledger:
     def __init__(self, path: Path, others: list[Path] = ()):
         self.path = path
         self.rows = {row["config_key"]: row for row in read_rows(path)}
-        self.known = {row["config_key"]: row for other in others for row in read_rows(other)}
+        self.known, self.found_in = {}, {}  # the other studies' rows, and the file of each
+        for other in others:
+            for row in read_rows(other):
+                self.known[row["config_key"]], self.found_in[row["config_key"]] = row, other
         self._lock = threading.Lock()
 
     @classmethod
@@ -149,6 +152,10 @@ class Ledger:
 
     def get(self, key: str) -> dict | None:
         return self.rows.get(key) or self.known.get(key)
+
+    def file_of(self, key: str) -> Path:
+        """The results file that holds the row of `key` (this study's own when it holds none)."""
+        return self.path if key in self.rows else self.found_in.get(key, self.path)
 
     def add(self, row: dict) -> None:
         with self._lock:
