@@ -494,12 +494,11 @@ def p_value(diffs: list[float]) -> float:
     """Two-sided p of Student's t-test that the mean difference is zero."""
     if len(diffs) < 2:
         return float("nan")
-    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    if sd == 0:  # identical differences: certain, unless all zero
-        return 1.0 if mean == 0 else 0.0
+    if statistics.stdev(diffs) == 0:  # identical differences: certain, unless all zero (scipy gives nan)
+        return 1.0 if diffs[0] == 0 else 0.0
     from scipy import stats
 
-    return float(2 * stats.t.sf(abs(mean) / (sd / len(diffs) ** 0.5), len(diffs) - 1))
+    return float(stats.ttest_1samp(diffs, 0.0).pvalue)
 
 
 def holm(rows: list[dict], alpha: float = 0.05) -> None:
