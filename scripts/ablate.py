@@ -67,7 +67,8 @@ def ablate(cfg, out: Path, argv: list[str], extra: list[str], ledger: Ledger, co
     from vit.studies.report import write_report
 
     runs = collect(ablation, out, book.device, book)
-    report = write_report(ablation.name, runs, out, shlex.join(["python", "scripts/ablate.py", *argv]))
+    command = shlex.join(["python", "scripts/ablate.py", *argv])
+    report = write_report(ablation.name, runs, out, command, book.machine_note())
     failed = [r for r in runs if r.status != "finished"]
     print(f"report: {report}" + (f"  ({len(failed)} of {len(runs)} runs did not finish)" if failed else ""))
     return 1 if cfg.train and (failed or code) else 0  # train=false: a look, not a verdict

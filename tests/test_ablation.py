@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -318,6 +319,7 @@ def test_paired_differences_and_intervals_say_what_is_resolved(tmp_path):
     runs = [run("none", s, a) for s, a in enumerate([50.0, 52.0, 51.0])]
     runs += [run("learned_1d", s, a) for s, a in enumerate([60.0, 61.0, 62.0])]
     runs += [run("rope_2d", s, a) for s, a in enumerate([60.5, 60.0, 63.0])]
+    runs += [replace(run("rope_2d", 3, 99.0), cpu="another CPU"), replace(run("none", 3, 10.0), cpu="a third")]
     assert ci95([1.0, 2.0, 3.0]) == pytest.approx(stats.t.ppf(0.975, 2) * 1.0 / 3**0.5)
     pairs = {(p["label"], p["baseline"]): p for p in paired_differences(runs)}
     ahead = pairs["rope_2d", "none"]  # +10.5, +8, +12: paired, the seeds' common part cancels
@@ -380,6 +382,8 @@ def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
     grid += runs("none", "gap", [(0, 85.0), (1, 86.0), (2, 88.0)])
     grid += runs("learned_1d", "cls", [(0, 90.0), (1, 90.5), (2, 91.0)])
     grid += runs("learned_1d", "gap", [(0, 90.5), (1, 90.0)])  # seed 2 unfinished: two pairs
+    other_cpu = Run({"model/pos_embed": "learned_1d", "model.pool": "gap", "seed": "2"}, tmp_path, "finished")
+    grid += [replace(other_cpu, summary={"final_val_acc1": 95.0}, cpu="another CPU")]  # pairs nothing
     rows = {r["label"]: r for r in varied_differences(grid)}
     assert set(rows) == {"none", "learned_1d"}
     none, learned = rows["none"], rows["learned_1d"]

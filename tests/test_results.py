@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from runs import one_error_line, script, train
 from vit.cli import compose
-from vit.studies import ablation
+from vit.studies import ablation, results
 from vit.studies.ablation import Book, collect, folder_name, grid_of, grid_points, result_rows, run_sweep
 from vit.studies.results import Ledger, ResultsError, config_key, make_row, read_rows
 
@@ -145,3 +145,93 @@ def test_ablate_py_names_a_damaged_run_file_in_one_line(tmp_path):
         cwd=tmp_path,
     )
     assert one_error_line(proc).startswith(f"error: {folder / 'summary.json'} is damaged (")
+
+
+def row_of(study: str, point: dict, key: str, cpu: str, acc: float = 91.5) -> dict:
+    row = make_row(study, folder_name(point), point, key, {**SUMMARY, "final_val_acc1": acc}, EVALUATION, HISTORY)
+    return {**row, "cpu": cpu}
+
+
+def test_each_machine_commits_its_own_row_of_a_config(tmp_path):
+    Ledger(tmp_path / "fmnist_patch.jsonl").add(row_of("fmnist_patch", {}, "k", "Intel"))
+    pooled = Ledger.in_folder(tmp_path, "fmnist_patch_pool")
+    pooled.add(row_of("fmnist_patch_pool", {}, "k", "Zen", acc=90.0))
+    assert [r["cpu"] for r in pooled.rows_of("k")] == ["Zen", "Intel"]  # this study's own first
+    assert pooled.get("k")["cpu"] == "Zen" and pooled.get("k", "Intel")["cpu"] == "Intel"
+    assert pooled.get("k", "AVX2") is None
+    assert pooled.file_of("k", "Intel") == tmp_path / "fmnist_patch.jsonl" and pooled.file_of("k", "Zen") == pooled.path
+    pooled.add(row_of("fmnist_patch_pool", {}, "k", "Zen", acc=90.5))  # the same machine again: replaced
+    assert [r["summary"]["final_val_acc1"] for r in read_rows(pooled.path)] == [90.5]
+
+
+def paired_by_machine():
+    """ablation=quick for `none`, two seeds, a class token against average pooling, with
+    its pairs kept on one machine: the grid, its points and their keys."""
+    plain = OmegaConf.to_container(compose("ablate", ["ablation.schemes=[none]", "ablation.seeds=[0,1]"]).ablation)
+    cfg = OmegaConf.create({**plain, "vary": {"model.pool": ["cls", "gap"]}, "same_machine": True})
+    points = {folder_name(p): p for p in grid_points(grid_of(cfg))}
+    return cfg, points, {name: f"key-of-{name}" for name in points}
+
+
+def test_a_study_paired_by_machine_trains_what_this_machine_lacks(tmp_path, monkeypatch, capsys):
+    cfg, points, keys = paired_by_machine()
+    monkeypatch.setattr(results, "machine", lambda: "Zen")
+    for name in ("pool-cls_none_seed0", "pool-cls_none_seed1"):  # another study's, from another CPU
+        Ledger(tmp_path / "other.jsonl").add(row_of("other", points[name], keys[name], "Intel"))
+    ledger = Ledger.in_folder(tmp_path, "quick")
+    ledger.add(row_of("quick", points["pool-gap_none_seed0"], keys["pool-gap_none_seed0"], "Zen"))
+    started = []
+    monkeypatch.setattr(
+        ablation, "run_in_parallel", lambda commands, folders, jobs, finished: started.extend(folders) or 0
+    )
+    assert run_sweep(cfg, tmp_path / "out", [], 1, Book(cfg, tmp_path / "out", ledger, keys)) == 0
+    assert [f.name for f in started] == ["pool-cls_none_seed0", "pool-cls_none_seed1", "pool-gap_none_seed1"]
+    assert f"1 runs of quick are committed in {tmp_path / 'quick.jsonl'}" in capsys.readouterr().out
+
+    monkeypatch.setattr(results, "machine", lambda: "Intel")  # there, only Intel's rows count
+    started.clear()
+    run_sweep(cfg, tmp_path / "out", [], 1, Book(cfg, tmp_path / "out", Ledger.in_folder(tmp_path, "quick"), keys))
+    assert [f.name for f in started] == ["pool-gap_none_seed0", "pool-gap_none_seed1"]
+
+
+def test_its_report_shows_the_machine_with_the_most_whole_pairs(tmp_path, monkeypatch):
+    cfg, points, keys = paired_by_machine()
+    monkeypatch.setattr(results, "machine", lambda: "AVX2")  # a third machine, with no runs of its own
+    ledger = Ledger.in_folder(tmp_path, "quick")
+    for name, cpu, acc in [
+        ("pool-cls_none_seed0", "Intel", 80.0),
+        ("pool-cls_none_seed1", "Intel", 81.0),
+        ("pool-cls_none_seed0", "Zen", 82.0),
+        ("pool-gap_none_seed0", "Zen", 85.0),
+    ]:
+        ledger.add(row_of("quick", points[name], keys[name], cpu, acc))
+    book = Book(cfg, tmp_path / "out", ledger, keys)
+    runs = collect(cfg, tmp_path / "out", "cpu", book)  # Zen: one whole pair; Intel: two runs, no pair
+    assert [(r.folder.name, r.status, r.cpu) for r in runs] == [
+        ("pool-cls_none_seed0", "finished", "Zen"),
+        ("pool-cls_none_seed1", "missing", ""),
+        ("pool-gap_none_seed0", "finished", "Zen"),
+        ("pool-gap_none_seed1", "missing", ""),
+    ]
+    assert runs[0].summary["final_val_acc1"] == 82.0
+    assert book.machine_note().startswith("Every run here trained on one machine, Zen: ")
+    assert book.machine_note().endswith("Left out: 2 runs of Intel.")
+    (along,) = ablation.varied_differences(runs)
+    assert along["n"] == 1 and along["mean"] == pytest.approx(3.0)
+
+
+def test_a_finished_run_is_committed_for_its_machine_beside_another_machines_row(tmp_path, monkeypatch):
+    cfg, folder, overrides, composed = finished_run_folder(tmp_path)
+    cfg = OmegaConf.create({**OmegaConf.to_container(cfg), "same_machine": True})
+    key = config_key(composed)
+    monkeypatch.setattr(results, "machine", lambda: "Zen")
+    Ledger(tmp_path / "fmnist_patch.jsonl").add(row_of("fmnist_patch", {}, key, "Intel"))
+    book = Book(cfg, tmp_path / "out", Ledger.in_folder(tmp_path, "quick"), {folder.name: key})
+    (run,) = collect(cfg, tmp_path / "out", "cpu", book)
+    assert run.cpu == "Zen" and run.summary == json.loads((folder / "summary.json").read_text())
+    (row,) = read_rows(tmp_path / "quick.jsonl")
+    assert (row["cpu"], row["config_key"], row["summary"]["final_val_acc1"]) == (
+        "Zen",
+        key,
+        run.summary["final_val_acc1"],
+    )

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class Run:
     summary: dict = field(default_factory=dict)
     evaluation: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    cpu: str = ""  # the CPU that trained it (results.machine()): a pair of runs must share one
 
     @property
     def scheme(self) -> str:
@@ -151,7 +153,7 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
     committed = [p for p in todo if book is not None and book.row(p) is not None]
     todo = [p for p in todo if p not in committed]
     if committed:
-        files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)])) for p in committed})
+        files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)], book.cpu)) for p in committed})
         print(f"{len(committed)} runs of {cfg.name} are committed in {', '.join(files)}; not training them again")
     if not todo:
         print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
@@ -255,7 +257,10 @@ def run_logged(
 class Book:
     """An ablation's committed rows (`results.Ledger`) and the config key each grid point must
     have to count: a run is recorded once it is finished and evaluated, and a committed row
-    stands in for a run folder this machine does not have."""
+    stands in for a run folder this machine does not have. With `same_machine: true` in the
+    ablation's config only this machine's rows stand in for its runs, and the report shows
+    one machine's runs (`show_machine`): the same seed on two CPUs parts as far as two seeds,
+    so a pair trained on two machines pairs nothing."""
 
     def __init__(
         self, cfg: DictConfig, out: Path, ledger, keys: dict[str, str], device: str = "cpu", configs: dict | None = None
@@ -263,9 +268,13 @@ class Book:
         self.cfg, self.out, self.ledger, self.keys, self.device = cfg, out, ledger, keys, device
         self.configs = configs or {}  # folder name -> the composed config its run must have
         self._evaluating = threading.Lock()  # one evaluation at a time beside the training runs
+        self.here = results.machine()
+        self.same_machine = bool(cfg.get("same_machine", False))
+        self.cpu = self.here if self.same_machine else None  # whose rows stand in for a run here (None: any)
+        self.shown, self.left_out = self.cpu, {}  # whose runs the report shows; the others' run counts
 
     def row(self, point: dict[str, str]) -> dict | None:
-        return self.ledger.get(self.keys[folder_name(point)])
+        return self.ledger.get(self.keys[folder_name(point)], self.cpu)
 
     def commit(self, point: dict[str, str]) -> Run:
         """The point's run from its folder, evaluated if it was not, and its row added when the
@@ -278,10 +287,52 @@ class Book:
         if not run.evaluation:
             with self._evaluating:
                 evaluate_run(run, self.cfg.resolutions, self.device, announce=True)
-        if self.ledger.get(key) is None:
+        if self.ledger.get(key, self.cpu) is None:
             row = results.make_row(self.cfg.name, run.folder.name, point, key, run.summary, run.evaluation, run.history)
             self.ledger.add(row)
         return run
+
+    def show_machine(self, points: list[dict[str, str]]) -> None:
+        """Show the machine whose rows make the most whole pairs (a scheme and seed at every
+        value of the varied keys), then the most runs, then this one; count the others'."""
+
+        def pair(point: dict[str, str]) -> tuple:
+            return point.get("model/pos_embed"), point.get("seed")
+
+        size = Counter(pair(p) for p in points)
+        trained: dict[str, list[tuple]] = {}
+        for point in points:
+            for row in self.ledger.rows_of(self.keys[folder_name(point)]):
+                trained.setdefault(row.get("cpu", ""), []).append(pair(point))
+
+        def score(cpu: str) -> tuple:
+            have = Counter(trained[cpu])
+            return sum(have[p] == size[p] for p in have), len(trained[cpu]), cpu == self.here
+
+        self.shown = max(trained, key=score, default=self.here)
+        self.left_out = {cpu: len(pairs) for cpu, pairs in trained.items() if cpu != self.shown}
+
+    def shown_run(self, run: Run) -> Run:
+        """What the report shows for a grid point: the run in its folder if it finished on the
+        machine shown, else that machine's committed row, else the run as it stands here (or
+        missing, when another machine is shown)."""
+        if run.status == "finished" and self.shown in (None, run.cpu):
+            return run
+        row = self.ledger.get(self.keys[run.folder.name], self.shown)
+        if row is not None:
+            return run_from_row(run.point, run.folder, row)
+        return run if self.shown in (None, self.here) else Run(run.point, run.folder)
+
+    def machine_note(self) -> str:
+        """The report's line on which machine's runs it shows (empty unless `same_machine`)."""
+        if not self.same_machine:
+            return ""
+        note = (
+            f"Every run here trained on one machine, {self.shown or 'one that was not named'}: "
+            "the same seed on two CPUs parts as far as two seeds, so a pair must share one."
+        )
+        others = [f"{n} runs of {cpu or 'a machine not named'}" for cpu, n in self.left_out.items()]
+        return note + (f" Left out: {', '.join(others)}." if others else "")
 
     def check_settings(self, run: Run, key: str) -> None:
         """A finished folder trained with other settings than the grid's (by hand, or before
@@ -303,19 +354,30 @@ def collect(cfg: DictConfig, out: Path, device: str = "cpu", book: Book | None =
     """Every grid point with its status, summary, per-epoch history and evaluation: from its
     folder (evaluated now, by the code behind scripts/eval.py, if it was not, with a line per
     run: the evaluation of a long ablation takes minutes), else from its committed row."""
-    runs = []
-    for point in grid_points(grid_of(cfg)):
+    points, runs = grid_points(grid_of(cfg)), []
+    for point in points:
         run = load_run(point, out) if book is None else book.commit(point)
         if run.status == "finished" and not run.evaluation:
             evaluate_run(run, cfg.resolutions, device, announce=True)
-        row = book.row(point) if book is not None and run.status != "finished" else None
-        runs.append(run_from_row(point, run.folder, row) if row is not None else run)
-    return runs
+        runs.append(run)
+    if book is None:
+        return runs
+    if book.same_machine:
+        book.show_machine(points)
+    return [book.shown_run(run) for run in runs]
 
 
 def run_from_row(point: dict[str, str], folder: Path, row: dict) -> Run:
     """A finished run as its committed row holds it (no weights: its folder may not exist)."""
-    return Run(point, folder, "finished", summary=row["summary"], evaluation=row["evaluation"], history=row["history"])
+    return Run(
+        point,
+        folder,
+        "finished",
+        summary=row["summary"],
+        evaluation=row["evaluation"],
+        history=row["history"],
+        cpu=row.get("cpu", ""),
+    )
 
 
 def load_run(point: dict[str, str], out: Path) -> Run:
@@ -327,6 +389,7 @@ def load_run(point: dict[str, str], out: Path) -> Run:
         rebuild = "delete it, and the ablation rebuilds it from the run's last checkpoint"
         run.status, run.summary = "finished", read_json(summary, rebuild)
         run.history = read_json_lines(run.folder / "metrics.jsonl")
+        run.cpu = results.machine()  # run folders stay on the machine that trained them
         if evaluation.exists() and evaluation.stat().st_mtime >= summary.stat().st_mtime:
             with contextlib.suppress(results.ResultsError):  # a damaged one is evaluated again
                 run.evaluation = read_json(evaluation, "")
@@ -443,8 +506,8 @@ def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
     all the comparisons against the same baseline (holm)."""
     finished = [r for r in runs if r.status == "finished"]
 
-    def pairing(run: Run) -> tuple:  # what two runs must share to be a pair: all but the scheme
-        return tuple(sorted((k, v) for k, v in run.point.items() if k != "model/pos_embed"))
+    def pairing(run: Run) -> tuple:  # what two runs must share to be a pair: all but the scheme, and a CPU
+        return run.cpu, *sorted((k, v) for k, v in run.point.items() if k != "model/pos_embed")
 
     rows = []
     for baseline in [b for b in registry.BASELINES if any(r.scheme == b for r in finished)]:
@@ -465,8 +528,8 @@ def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
     for key in dict.fromkeys(k for r in runs for k in r.point if k not in ("model/pos_embed", "seed")):
         values = list(dict.fromkeys(r.point[key] for r in runs))
 
-        def rest(run: Run, key: str = key) -> tuple:  # what a pair shares: all but this key
-            return tuple(sorted((k, v) for k, v in run.point.items() if k != key))
+        def rest(run: Run, key: str = key) -> tuple:  # what a pair shares: all but this key, and a CPU
+            return run.cpu, *sorted((k, v) for k, v in run.point.items() if k != key)
 
         base = {rest(r): r.summary[metric] for r in finished if r.point[key] == values[0]}
         for value in values[1:]:

@@ -270,8 +270,8 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
     return lines
 
 
-def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
-    """results.csv, summary.csv, the plots, and report.md that shows them."""
+def write_report(name: str, runs: list[Run], out: Path, command: str, note: str = "") -> Path:
+    """results.csv, summary.csv, the plots, and report.md that shows them (`note` under the command)."""
     summary = summary_rows(runs)
     write_csv(out / "results.csv", result_rows(runs))
     write_csv(out / "summary.csv", summary)
@@ -284,6 +284,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str) -> Path:
         "",
         f"Command: `{command}`",
         "",
+        *([note, ""] if note else []),
         "Mean ± the 95% confidence interval over seeds (Student's t), accuracies in percent; resolutions are test "
         'image sizes with no fine-tuning; "shuffled patches" permutes the patch tokens of each '
         "validation image, right after the patch embedding. images/s is each run's own training rate, which "

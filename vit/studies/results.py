@@ -9,7 +9,10 @@ the tables and plots (all but the position-similarity maps, which need the weigh
 training anything.
 
 A row counts only for a run of the same composed config: change a training setting of the
-ablation and its old rows no longer match, so those runs train again.
+ablation and its old rows no longer match, so those runs train again. A row also names the CPU
+that trained it: the same seed trained on two CPUs parts as far as two seeds do (bf16 rounds
+differently in each one's kernels), so a study whose runs are compared in pairs
+(`same_machine: true`) counts only one machine's rows, and each machine may commit its own.
 """
 
 from __future__ import annotations
@@ -131,18 +134,19 @@ def flat(config: dict, prefix: str = "") -> dict:
 
 
 class Ledger:
-    """The rows of one results file, by config key, and the one way to add to it; `others`
-    (the other studies' files) are read too, so a run two studies share trains once. Threads
-    of one ablation may add at once (jobs=2); each write replaces the whole file atomically, so
-    a kill leaves the old file or the new one, never half of either."""
+    """The rows of one results file, by config key and by the machine that trained them, and
+    the one way to add to it; `others` (the other studies' files) are read too, so a run two
+    studies share trains once. Threads of one ablation may add at once (jobs=2); each write
+    replaces the whole file atomically, so a kill leaves the old file or the new one, never
+    half of either."""
 
     def __init__(self, path: Path, others: list[Path] = ()):
         self.path = path
-        self.rows = {row["config_key"]: row for row in read_rows(path)}
+        self.rows = {identity(row): row for row in read_rows(path)}
         self.known, self.found_in = {}, {}  # the other studies' rows, and the file of each
         for other in others:
             for row in read_rows(other):
-                self.known[row["config_key"]], self.found_in[row["config_key"]] = row, other
+                self.known[identity(row)], self.found_in[identity(row)] = row, other
         self._lock = threading.Lock()
 
     @classmethod
@@ -150,18 +154,32 @@ class Ledger:
         """NAME.jsonl in `folder`, with every other study's file there to look up."""
         return cls(folder / f"{name}.jsonl", sorted(p for p in folder.glob("*.jsonl") if p.stem != name))
 
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key) or self.known.get(key)
+    def rows_of(self, key: str) -> list[dict]:
+        """Every row of `key`, one per machine that trained it, this study's own first."""
+        own = [row for (k, _), row in self.rows.items() if k == key]
+        return own + [row for (k, cpu), row in self.known.items() if k == key and (k, cpu) not in self.rows]
 
-    def file_of(self, key: str) -> Path:
-        """The results file that holds the row of `key` (this study's own when it holds none)."""
-        return self.path if key in self.rows else self.found_in.get(key, self.path)
+    def get(self, key: str, cpu: str | None = None) -> dict | None:
+        """The row of `key` (trained on `cpu`, when one is named), this study's own first."""
+        return next((row for row in self.rows_of(key) if cpu is None or row.get("cpu", "") == cpu), None)
+
+    def file_of(self, key: str, cpu: str | None = None) -> Path:
+        """The results file that holds the row `get` finds (this study's own when none)."""
+        row = self.get(key, cpu)
+        return self.path if row is None or identity(row) in self.rows else self.found_in[identity(row)]
 
     def add(self, row: dict) -> None:
         with self._lock:
-            self.rows[row["config_key"]] = row
-            ordered = sorted(self.rows.values(), key=lambda r: (r["ablation"], r["run"], r["config_key"]))
+            self.rows[identity(row)] = row
+            ordered = sorted(
+                self.rows.values(), key=lambda r: (r["ablation"], r["run"], r["config_key"], r.get("cpu", ""))
+            )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_name(self.path.name + ".tmp")
             partial.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in ordered))
             os.replace(partial, self.path)
+
+
+def identity(row: dict) -> tuple[str, str]:
+    """A row's config key and machine: one run of a config on each machine may be committed."""
+    return row["config_key"], row.get("cpu", "")
