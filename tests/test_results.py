@@ -186,7 +186,12 @@ def test_a_study_paired_by_machine_trains_what_this_machine_lacks(tmp_path, monk
     )
     assert run_sweep(cfg, tmp_path / "out", [], 1, Book(cfg, tmp_path / "out", ledger, keys)) == 0
     assert [f.name for f in started] == ["pool-cls_none_seed0", "pool-cls_none_seed1", "pool-gap_none_seed1"]
-    assert f"1 runs of quick are committed in {tmp_path / 'quick.jsonl'}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"1 runs of quick are committed in {tmp_path / 'quick.jsonl'}" in printed
+    assert (
+        "3 of 4 runs of quick to train\n(its pairs must share a machine: only the rows of this one, Zen, count)"
+        in printed
+    )
 
     monkeypatch.setattr(results, "machine", lambda: "Intel")  # there, only Intel's rows count
     started.clear()

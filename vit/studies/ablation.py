@@ -159,6 +159,8 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
         print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
         return 0
     print(f"{len(todo)} of {len(points)} runs of {cfg.name} to train" + (f", {jobs} at a time" if jobs > 1 else ""))
+    if book is not None and book.same_machine:
+        print(f"(its pairs must share a machine: only the rows of this one, {book.cpu or 'unnamed'}, count)")
     if any(a.lstrip("+~").startswith("hydra/launcher") for a in extra):
         return subprocess.run(sweep_command(cfg, runs_dir, extra)).returncode
     return run_in_parallel(
