@@ -124,7 +124,7 @@ def test_a_sweep_first_commits_what_finished_before_it_started(tmp_path, monkeyp
     events = []
 
     class Book:  # the part of ablation.Book a sweep uses
-        ledger = None
+        ledger, same_machine = None, False
 
         def row(self, point):
             return {"run": "committed"} if point["model/pos_embed"] == "rope_2d" else None
