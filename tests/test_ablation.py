@@ -394,6 +394,25 @@ def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
     assert "| none | pool: cls → gap | **+5.33 ± " in text and "| learned_1d | pool: cls → gap | +0.00 ± " in text
 
 
+def test_the_report_says_when_its_runs_trained_on_different_thread_counts(tmp_path):
+    from vit.studies.ablation import Run
+
+    def run(seed, threads=None, status="finished"):
+        summary = {"final_val_acc1": 90.0} | ({"threads": threads} if threads else {})
+        evaluation = {"img_size": 28, "acc1": 90.0, "acc1_at": {}}
+        point = {"model/pos_embed": "none", "seed": str(seed)}
+        return Run(point, tmp_path, status, summary=summary, evaluation=evaluation)
+
+    assert report.threads_note([run(0, 1), run(1, 1), run(2)]) == ""  # one known count: nothing to say
+    assert report.threads_note([run(0, 1), run(1, 2, status="failed")]) == ""
+    note = report.threads_note([run(0, 1), run(1, 1), run(2, 2), run(3)])
+    counts = "(2 on 1 thread, 1 on 2 threads, 1 not recorded)"
+    assert note.startswith(f"These runs trained on different thread counts {counts}")
+    report.write_report("mixed", [run(0, 1), run(1, 2)], tmp_path, "python scripts/ablate.py", note="A machine.")
+    text = (tmp_path / "report.md").read_text()
+    assert "A machine.\n\nThese runs trained on different thread counts (1 on 1 thread, 1 on 2 threads)" in text
+
+
 def test_evaluation_breaks_ties_as_training_does():
     # bf16 logits tie often; argmax and the trainer's top-k disagree on a third of these images
     from contextlib import nullcontext

@@ -54,6 +54,7 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     assert summary["final_val_acc1"] == records[-1]["val_acc1"]
     assert summary["epochs"] == 2 and summary["train_images_per_sec"] > 0 and summary["wall_time_s"] > 0
     assert "trainer.epochs=2" in summary["overrides"] and summary["pos_embed"] == "learned_1d"
+    assert summary["threads"] == torch.get_num_threads()
 
     events = EventAccumulator(str(run))
     events.Reload()

@@ -154,7 +154,8 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
     todo = [p for p in todo if p not in committed]
     if committed:
         files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)], book.cpu)) for p in committed})
-        print(f"{len(committed)} runs of {cfg.name} are committed in {', '.join(files)} without a folder here; not training them again")
+        where = f"{', '.join(files)} without a folder here"
+        print(f"{len(committed)} runs of {cfg.name} are committed in {where}; not training them again")
     if not todo:
         print(f"all {len(points)} runs of {cfg.name} have finished; nothing to train")
         return 0

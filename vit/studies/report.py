@@ -7,6 +7,7 @@ import csv
 import io
 import os
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -270,6 +271,21 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
     return lines
 
 
+def threads_note(runs: list[Run]) -> str:
+    """A line when the finished runs trained on different thread counts (as recorded in their
+    summaries): like two CPUs, two thread counts part the same seed, so pairs across them are looser."""
+    counts = Counter(r.summary.get("threads") for r in runs if r.status == "finished")
+    known = sorted((t, n) for t, n in counts.items() if t is not None)
+    if len(known) < 2:
+        return ""
+    parts = [f"{n} on {t} thread{'s' * (t != 1)}" for t, n in known]
+    parts += [f"{counts[None]} not recorded"] if counts[None] else []
+    return (
+        f"These runs trained on different thread counts ({', '.join(parts)}): the same seed on two "
+        "thread counts parts as far as two seeds, so pairs across them are looser (set `jobs` as before)."
+    )
+
+
 def write_report(name: str, runs: list[Run], out: Path, command: str, note: str = "") -> Path:
     """results.csv, summary.csv, the plots, and report.md that shows them (`note` under the command)."""
     summary = summary_rows(runs)
@@ -284,7 +300,7 @@ def write_report(name: str, runs: list[Run], out: Path, command: str, note: str 
         "",
         f"Command: `{command}`",
         "",
-        *([note, ""] if note else []),
+        *[line for text in (note, threads_note(runs)) if text for line in (text, "")],
         "Mean ± the 95% confidence interval over seeds (Student's t), accuracies in percent; resolutions are test "
         'image sizes with no fine-tuning; "shuffled patches" permutes the patch tokens of each '
         "validation image, right after the patch embedding. images/s is each run's own training rate, which "

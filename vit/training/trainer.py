@@ -543,6 +543,9 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         "device": str(run.device),
         "precision": precision.precision_name(run.amp_dtype),
         "world_size": run.procs.world,
+        # the step's CPU threads in the session that finished it: on a CPU the same seed on
+        # another thread count rounds differently and parts like another seed
+        "threads": torch.get_num_threads(),
     }
     if run.ema is not None:
         summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in scored)
