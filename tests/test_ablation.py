@@ -385,13 +385,16 @@ def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
     other_cpu = Run({"model/pos_embed": "learned_1d", "model.pool": "gap", "seed": "2"}, tmp_path, "finished")
     grid += [replace(other_cpu, summary={"final_val_acc1": 95.0}, cpu="another CPU")]  # pairs nothing
     rows = {r["label"]: r for r in varied_differences(grid)}
-    assert set(rows) == {"none", "learned_1d"}
-    none, learned = rows["none"], rows["learned_1d"]
+    assert set(rows) == {"none", "learned_1d", "every scheme"}
+    none, learned, pooled = rows["none"], rows["learned_1d"], rows["every scheme"]
     assert (none["key"], none["reference"], none["value"], none["n"]) == ("pool", "cls", "gap", 3)
     assert none["mean"] == pytest.approx(16 / 3) and none["resolved"]  # +5, +5, +6
     assert learned["n"] == 2 and learned["mean"] == pytest.approx(0.0) and not learned["resolved"]
+    assert (pooled["n"], pooled["above"]) == (5, 4) and pooled["mean"] == pytest.approx(16 / 5)  # +5 +5 +6 +0.5 -0.5
     text = "\n".join(report.varied_section(list(rows.values())))
     assert "| none | pool: cls → gap | **+5.33 ± " in text and "| learned_1d | pool: cls → gap | +0.00 ± " in text
+    assert "| *every scheme* | pool: cls → gap | " in text and " (5 pairs, 4 above zero)" in text
+    assert "Corrected for all 2 comparisons of pool" in text  # the pooled row is no comparison of its own
 
 
 def test_the_report_says_when_its_runs_trained_on_different_thread_counts(tmp_path):

@@ -525,7 +525,9 @@ def paired_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
 
 def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[dict]:
     """Along each varied grid key (not the scheme, not the seed), e.g. model.pool: each later
-    value against the key's first, for each scheme, run by run over the seeds both finished."""
+    value against the key's first, for each scheme, run by run over the seeds both finished;
+    with more than one scheme, then over every scheme's pairs together ("pooled": the change
+    averaged over these schemes, a summary outside the schemes' Holm family)."""
     finished = [r for r in runs if r.status == "finished"]
     rows = []
     for key in dict.fromkeys(k for r in runs for k in r.point if k not in ("model/pos_embed", "seed")):
@@ -545,6 +547,10 @@ def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
             family = [{"label": label, **along, **difference(diffs)} for label, diffs in groups.items()]
             holm(family)
             rows += family
+            if len(groups) > 1:
+                pooled = [d for diffs in groups.values() for d in diffs]
+                summary = {**difference(pooled), "above": sum(d > 0 for d in pooled), "holm": False, "pooled": True}
+                rows.append({"label": "every scheme", **along, **summary})
     return rows
 
 

@@ -199,17 +199,25 @@ def varied_section(pairs: list[dict]) -> list[str]:
     lines = ["## Along the varied keys", ""]
     lines += [
         "Final top-1 at each value minus the same scheme's at the first value, seed by seed, in points: "
-        "mean ± 95% interval; **bold** where the interval excludes zero.",
+        "mean ± 95% interval; **bold** where the interval excludes zero."
+        + (
+            " *every scheme* pools all the schemes' pairs: the change averaged over them."
+            if any(p.get("pooled") for p in pairs)
+            else ""
+        ),
         "",
         "| scheme | change | difference |",
         "| --- | --- | --- |",
     ]
     for p in pairs:
         text = f"{p['mean']:+.2f}" + (f" ± {p['ci95']:.2f}" if p["n"] > 1 else " (1 seed)")
+        if p.get("pooled"):
+            text += f" ({p['n']} pairs, {p['above']} above zero)"
         change = f"{p['key']}: {p['reference']} → {p['value']}"
-        lines.append(f"| {p['label']} | {change} | {f'**{text}**' if p['resolved'] else text} |")
+        label = f"*{p['label']}*" if p.get("pooled") else p["label"]
+        lines.append(f"| {label} | {change} | {f'**{text}**' if p['resolved'] else text} |")
     for along in dict.fromkeys((p["key"], p["reference"], p["value"]) for p in pairs):
-        family = [p for p in pairs if (p["key"], p["reference"], p["value"]) == along]
+        family = [p for p in pairs if (p["key"], p["reference"], p["value"]) == along and not p.get("pooled")]
         lines += holm_sentence(family, f"of {along[0]}: {along[1]} → {along[2]}")
     return [*lines, ""]
 
