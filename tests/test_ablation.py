@@ -391,6 +391,7 @@ def test_a_varied_key_is_compared_scheme_by_scheme_and_seed_by_seed(tmp_path):
     assert none["mean"] == pytest.approx(16 / 3) and none["resolved"]  # +5, +5, +6
     assert learned["n"] == 2 and learned["mean"] == pytest.approx(0.0) and not learned["resolved"]
     assert (pooled["n"], pooled["above"]) == (5, 4) and pooled["mean"] == pytest.approx(16 / 5)  # +5 +5 +6 +0.5 -0.5
+    assert "holm" not in pooled and "holm" in none  # a summary, not a member of the corrected family
     text = "\n".join(report.varied_section(list(rows.values())))
     assert "| none | pool: cls → gap | **+5.33 ± " in text and "| learned_1d | pool: cls → gap | +0.00 ± " in text
     assert "| *every scheme* | pool: cls → gap | " in text and " (5 pairs, 4 above zero)" in text

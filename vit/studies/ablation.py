@@ -549,7 +549,7 @@ def varied_differences(runs: list[Run], metric: str = "final_val_acc1") -> list[
             rows += family
             if len(groups) > 1:
                 pooled = [d for diffs in groups.values() for d in diffs]
-                summary = {**difference(pooled), "above": sum(d > 0 for d in pooled), "holm": False, "pooled": True}
+                summary = {**difference(pooled), "above": sum(d > 0 for d in pooled), "pooled": True}
                 rows.append({"label": "every scheme", **along, **summary})
     return rows
 
