@@ -54,7 +54,7 @@ def test_digits_run_leaves_metrics_summary_events_and_checkpoints(tmp_path):
     assert summary["final_val_acc1"] == records[-1]["val_acc1"]
     assert summary["epochs"] == 2 and summary["train_images_per_sec"] > 0 and summary["wall_time_s"] > 0
     assert "trainer.epochs=2" in summary["overrides"] and summary["pos_embed"] == "learned_1d"
-    assert summary["threads"] == torch.get_num_threads()
+    assert summary["threads"] == torch.get_num_threads() and {r["threads"] for r in records} == {summary["threads"]}
 
     events = EventAccumulator(str(run))
     events.Reload()
@@ -772,3 +772,13 @@ def test_a_second_sigterm_waits_for_the_save_and_a_second_ctrl_c_kills():
         assert stop.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) == signal.SIG_DFL
     finally:
         stop.restore()
+
+
+def test_a_run_resumed_on_another_thread_count_says_so():
+    from vit.training.trainer import threads_trained
+
+    now = torch.get_num_threads()
+    assert threads_trained([{"threads": 3}, {"threads": 3}]) == 3
+    assert threads_trained([{"threads": 3}, {"threads": 1}, {"threads": 3}]) == [1, 3]
+    assert threads_trained([{}, {"threads": now + 1}]) == [now, now + 1]  # an epoch logged before threads were
+    assert threads_trained([]) == now

@@ -282,11 +282,14 @@ def reading(summary: list[dict], runs: list[Run]) -> list[str]:
 def threads_note(runs: list[Run]) -> str:
     """A line when the finished runs trained on different thread counts (as recorded in their
     summaries): like two CPUs, two thread counts part the same seed, so pairs across them are looser."""
-    counts = Counter(r.summary.get("threads") for r in runs if r.status == "finished")
+    recorded = [r.summary.get("threads") for r in runs if r.status == "finished"]
+    counts = Counter(t for t in recorded if not isinstance(t, list))  # a list: resumed on another count
     known = sorted((t, n) for t, n in counts.items() if t is not None)
-    if len(known) < 2:
+    changed = sum(isinstance(t, list) for t in recorded)
+    if len(known) + (changed > 0) < 2:
         return ""
     parts = [f"{n} on {t} thread{'s' * (t != 1)}" for t, n in known]
+    parts += [f"{changed} resumed on another count"] if changed else []
     parts += [f"{counts[None]} not recorded"] if counts[None] else []
     return (
         f"These runs trained on different thread counts ({', '.join(parts)}): the same seed on two "

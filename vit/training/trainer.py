@@ -432,6 +432,7 @@ def end_epoch(run: Run, progress: Progress, epoch: EpochTraining, runlog: RunLog
         "images_per_sec": steady_images_per_sec(steps, batch, train_s, epoch.first_step_s),
         "first_step_s": epoch.first_step_s,
         "data_wait_frac": epoch.wait_s / epoch.session_s,
+        "threads": torch.get_num_threads(),
     }
     if evaluated(record["epoch"], run.cfg.trainer.eval_every, run.cfg.trainer.epochs):
         record.update(validation(run))
@@ -519,6 +520,13 @@ def steady_images_per_sec(steps: int, batch: int, train_s: float, first_step_s: 
     return steps * batch / train_s
 
 
+def threads_trained(history: list[dict]) -> int | list[int]:
+    """The CPU threads the epochs trained on: one count, or each count where a resume changed
+    it (epochs logged before threads were recorded count as this session's)."""
+    counts = sorted({r.get("threads", torch.get_num_threads()) for r in history} or {torch.get_num_threads()})
+    return counts[0] if len(counts) == 1 else counts
+
+
 def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choices: dict, overrides: list) -> dict:
     """summary.json (rank 0), with throughput over every epoch, earlier sessions' included."""
     if not run.procs.is_main:
@@ -543,9 +551,8 @@ def summarize(run: Run, progress: Progress, history: list, runlog: RunLog, choic
         "device": str(run.device),
         "precision": precision.precision_name(run.amp_dtype),
         "world_size": run.procs.world,
-        # the step's CPU threads in the session that finished it: on a CPU the same seed on
-        # another thread count rounds differently and parts like another seed
-        "threads": torch.get_num_threads(),
+        # on a CPU the same seed on another thread count rounds differently and parts like another seed
+        "threads": threads_trained(history),
     }
     if run.ema is not None:
         summary["best_ema_val_acc1"] = max(r["ema_val_acc1"] for r in scored)
