@@ -523,7 +523,8 @@ def steady_images_per_sec(steps: int, batch: int, train_s: float, first_step_s: 
 def threads_trained(history: list[dict]) -> int | list[int]:
     """The CPU threads the epochs trained on: one count, or each count where a resume changed
     it (epochs logged before threads were recorded count as this session's)."""
-    counts = sorted({r.get("threads", torch.get_num_threads()) for r in history} or {torch.get_num_threads()})
+    now = torch.get_num_threads()
+    counts = sorted({r.get("threads", now) for r in history} or {now})
     return counts[0] if len(counts) == 1 else counts
 
 
