@@ -189,7 +189,7 @@ def test_a_study_paired_by_machine_trains_what_this_machine_lacks(tmp_path, monk
     printed = capsys.readouterr().out
     assert f"1 runs of quick are committed in {tmp_path / 'quick.jsonl'}" in printed
     assert (
-        "3 of 4 runs of quick to train\n(its pairs must share a machine: only the rows of this one, Zen, count)"
+        "3 of 4 runs of quick to train\n(a pair's runs share one machine: the pairs whole on none train here, on Zen)"
         in printed
     )
 
@@ -197,6 +197,38 @@ def test_a_study_paired_by_machine_trains_what_this_machine_lacks(tmp_path, monk
     started.clear()
     run_sweep(cfg, tmp_path / "out", [], 1, Book(cfg, tmp_path / "out", Ledger.in_folder(tmp_path, "quick"), keys))
     assert [f.name for f in started] == ["pool-gap_none_seed0", "pool-gap_none_seed1"]
+
+
+def test_a_pair_whole_on_another_machine_stands_and_the_rest_train_here_whole(tmp_path, monkeypatch, capsys):
+    # a study that outlives its machine: a new CPU trains only the pairs no machine has whole,
+    # both halves of each, and the report pairs each seed within its own machine
+    cfg, points, keys = paired_by_machine()
+    monkeypatch.setattr(results, "machine", lambda: "Zen 5")
+    ledger = Ledger.in_folder(tmp_path, "quick")
+    for name, acc in [("pool-cls_none_seed0", 80.0), ("pool-gap_none_seed0", 81.0), ("pool-cls_none_seed1", 82.0)]:
+        ledger.add(row_of("quick", points[name], keys[name], "Zen 4", acc))
+    started = []
+    monkeypatch.setattr(
+        ablation, "run_in_parallel", lambda commands, folders, jobs, finished: started.extend(folders) or 0
+    )
+    assert run_sweep(cfg, tmp_path / "out", [], 1, Book(cfg, tmp_path / "out", ledger, keys)) == 0
+    assert [f.name for f in started] == ["pool-cls_none_seed1", "pool-gap_none_seed1"]
+    assert "2 runs of quick are committed" in capsys.readouterr().out
+
+    for name, acc in [("pool-cls_none_seed1", 90.0), ("pool-gap_none_seed1", 94.0)]:  # as if trained here
+        ledger.add(row_of("quick", points[name], keys[name], "Zen 5", acc))
+    book = Book(cfg, tmp_path / "out", ledger, keys)
+    runs = collect(cfg, tmp_path / "out", "cpu", book)
+    assert [(r.folder.name, r.cpu, r.summary["final_val_acc1"]) for r in runs] == [
+        ("pool-cls_none_seed0", "Zen 4", 80.0),
+        ("pool-cls_none_seed1", "Zen 5", 90.0),
+        ("pool-gap_none_seed0", "Zen 4", 81.0),
+        ("pool-gap_none_seed1", "Zen 5", 94.0),
+    ]
+    (along,) = ablation.varied_differences(runs)
+    assert along["n"] == 2 and along["mean"] == pytest.approx((1.0 + 4.0) / 2)
+    assert book.machine_note().startswith("Each pair here trained on one machine (")
+    assert book.machine_note().endswith("): 2 runs on Zen 4, 2 runs on Zen 5. Left out: 1 runs of Zen 4.")
 
 
 def test_its_report_shows_the_machine_with_the_most_whole_pairs(tmp_path, monkeypatch):

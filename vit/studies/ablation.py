@@ -69,6 +69,11 @@ def short(key: str) -> str:
     return key.split("/")[-1].split(".")[-1]
 
 
+def pair_of(point: dict[str, str]) -> tuple:
+    """What the runs of a pair share: the scheme and the seed (they differ in the varied keys)."""
+    return point.get("model/pos_embed"), point.get("seed")
+
+
 def folder_name(point: dict[str, str]) -> str:
     """rope_2d_seed0, or gap_rope_2d_seed0 with more grid keys: no characters to quote."""
     parts = [f"{short(k)}-{v}" for k, v in point.items() if k not in ("model/pos_embed", "seed")]
@@ -153,7 +158,7 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
     committed = [p for p in todo if book is not None and book.row(p) is not None]
     todo = [p for p in todo if p not in committed]
     if committed:
-        files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)], book.cpu)) for p in committed})
+        files = sorted({str(book.ledger.file_of(book.keys[folder_name(p)], book.machine_of(p))) for p in committed})
         where = f"{', '.join(files)} without a folder here"
         print(f"{len(committed)} runs of {cfg.name} are committed in {where}; not training them again")
     if not todo:
@@ -161,7 +166,7 @@ def run_sweep(cfg: DictConfig, out: Path, extra: list[str], jobs: int = 1, book:
         return 0
     print(f"{len(todo)} of {len(points)} runs of {cfg.name} to train" + (f", {jobs} at a time" if jobs > 1 else ""))
     if book is not None and book.same_machine:
-        print(f"(its pairs must share a machine: only the rows of this one, {book.cpu or 'unnamed'}, count)")
+        print(f"(a pair's runs share one machine: the pairs whole on none train here, on {book.here or 'this one'})")
     if any(a.lstrip("+~").startswith("hydra/launcher") for a in extra):
         return subprocess.run(sweep_command(cfg, runs_dir, extra)).returncode
     return run_in_parallel(
@@ -261,9 +266,10 @@ class Book:
     """An ablation's committed rows (`results.Ledger`) and the config key each grid point must
     have to count: a run is recorded once it is finished and evaluated, and a committed row
     stands in for a run folder this machine does not have. With `same_machine: true` in the
-    ablation's config only this machine's rows stand in for its runs, and the report shows
-    one machine's runs (`show_machine`): the same seed on two CPUs parts as far as two seeds,
-    so a pair trained on two machines pairs nothing."""
+    ablation's config the runs of a pair (a scheme and seed at every value of the varied keys)
+    must share one machine: the same seed on two CPUs parts as far as two seeds, so a pair
+    trained on two machines pairs nothing. A pair whole on some machine is taken from it (the
+    one with the most whole pairs, then this one); any other pair is this machine's to train."""
 
     def __init__(
         self, cfg: DictConfig, out: Path, ledger, keys: dict[str, str], device: str = "cpu", configs: dict | None = None
@@ -273,11 +279,35 @@ class Book:
         self._evaluating = threading.Lock()  # one evaluation at a time beside the training runs
         self.here = results.machine()
         self.same_machine = bool(cfg.get("same_machine", False))
-        self.cpu = self.here if self.same_machine else None  # whose rows stand in for a run here (None: any)
-        self.shown, self.left_out = self.cpu, {}  # whose runs the report shows; the others' run counts
+        self.pairs: dict[tuple, list[dict[str, str]]] = {}
+        for point in grid_points(grid_of(cfg)):
+            self.pairs.setdefault(pair_of(point), []).append(point)
+        self.shown: Counter = Counter()  # the report's runs per machine, and the runs it left out
+        self.left_out: Counter = Counter()
 
     def row(self, point: dict[str, str]) -> dict | None:
-        return self.ledger.get(self.keys[folder_name(point)], self.cpu)
+        """The committed row that stands in for the point's run (None: it is to train here)."""
+        return self.ledger.get(self.keys[folder_name(point)], self.machine_of(point))
+
+    def machine_of(self, point: dict[str, str]) -> str | None:
+        """Whose run stands for the point: any machine's (None) unless `same_machine`; else a
+        machine its pair is whole on (the one with the most whole pairs, then this one, then
+        by name: the same choice every time), and this one where the pair is whole on none."""
+        if not self.same_machine:
+            return None
+        trained = self.trained()
+        whole = Counter(cpu for pair in self.pairs.values() for cpu in self.whole_on(pair, trained))
+        candidates = self.whole_on(self.pairs[pair_of(point)], trained)
+        return max(candidates, key=lambda cpu: (whole[cpu], cpu == self.here, cpu), default=self.here)
+
+    def trained(self) -> dict[str, set[str]]:
+        """Each grid point's folder name -> the machines with a committed row of its config."""
+        names = (folder_name(p) for pair in self.pairs.values() for p in pair)
+        return {name: {row.get("cpu", "") for row in self.ledger.rows_of(self.keys[name])} for name in names}
+
+    @staticmethod
+    def whole_on(pair: list[dict[str, str]], trained: dict[str, set[str]]) -> set[str]:
+        return set.intersection(*(trained[folder_name(p)] for p in pair))
 
     def commit(self, point: dict[str, str]) -> Run:
         """The point's run from its folder, evaluated if it was not, and its row added when the
@@ -290,52 +320,51 @@ class Book:
         if not run.evaluation:
             with self._evaluating:
                 evaluate_run(run, self.cfg.resolutions, self.device, announce=True)
-        if self.ledger.get(key, self.cpu) is None:
+        if self.ledger.get(key, self.here if self.same_machine else None) is None:
             row = results.make_row(self.cfg.name, run.folder.name, point, key, run.summary, run.evaluation, run.history)
             self.ledger.add(row)
         return run
 
-    def show_machine(self, points: list[dict[str, str]]) -> None:
-        """Show the machine whose rows make the most whole pairs (a scheme and seed at every
-        value of the varied keys), then the most runs, then this one; count the others'."""
-
-        def pair(point: dict[str, str]) -> tuple:
-            return point.get("model/pos_embed"), point.get("seed")
-
-        size = Counter(pair(p) for p in points)
-        trained: dict[str, list[tuple]] = {}
-        for point in points:
-            for row in self.ledger.rows_of(self.keys[folder_name(point)]):
-                trained.setdefault(row.get("cpu", ""), []).append(pair(point))
-
-        def score(cpu: str) -> tuple:
-            have = Counter(trained[cpu])
-            return sum(have[p] == size[p] for p in have), len(trained[cpu]), cpu == self.here
-
-        self.shown = max(trained, key=score, default=self.here)
-        self.left_out = {cpu: len(pairs) for cpu, pairs in trained.items() if cpu != self.shown}
+    def show(self, runs: list[Run]) -> list[Run]:
+        """What the report shows for each grid point (`shown_run`), counting the runs shown and
+        the other machines' rows left out, machine by machine."""
+        shown = [self.shown_run(run) for run in runs]
+        self.shown = Counter(r.cpu for r in shown if r.status == "finished")
+        self.left_out = Counter()
+        for run in shown:
+            rows = self.ledger.rows_of(self.keys[run.folder.name])
+            others = [r.get("cpu", "") for r in rows]
+            self.left_out.update(cpu for cpu in others if run.status != "finished" or cpu != run.cpu)
+        return shown
 
     def shown_run(self, run: Run) -> Run:
-        """What the report shows for a grid point: the run in its folder if it finished on the
-        machine shown, else that machine's committed row, else the run as it stands here (or
-        missing, when another machine is shown)."""
-        if run.status == "finished" and self.shown in (None, run.cpu):
+        """The run in its folder if it finished on the machine whose run stands for the point,
+        else that machine's committed row, else the run as it stands here (or missing, when
+        another machine's stands for it)."""
+        cpu = self.machine_of(run.point)
+        if run.status == "finished" and cpu in (None, run.cpu):
             return run
-        row = self.ledger.get(self.keys[run.folder.name], self.shown)
+        row = self.ledger.get(self.keys[run.folder.name], cpu)
         if row is not None:
             return run_from_row(run.point, run.folder, row)
-        return run if self.shown in (None, self.here) else Run(run.point, run.folder)
+        return run if cpu in (None, self.here) else Run(run.point, run.folder)
 
     def machine_note(self) -> str:
-        """The report's line on which machine's runs it shows (empty unless `same_machine`)."""
+        """The report's line on which machines trained the runs it shows (empty unless
+        `same_machine`)."""
         if not self.same_machine:
             return ""
-        note = (
-            f"Every run here trained on one machine, {self.shown or 'one that was not named'}: "
-            "the same seed on two CPUs parts as far as two seeds, so a pair must share one."
-        )
+        why = "the same seed on two CPUs parts as far as two seeds, so a pair must share one"
+        named = {cpu or "a machine not named": n for cpu, n in self.shown.items()}
+        if len(named) > 1:
+            note = f"Each pair here trained on one machine ({why}): " + ", ".join(
+                f"{n} runs on {cpu}" for cpu, n in sorted(named.items(), key=lambda c: -c[1])
+            )
+        else:
+            one = next(iter(named), self.here or "one that was not named")
+            note = f"Every run here trained on one machine, {one}: {why}"
         others = [f"{n} runs of {cpu or 'a machine not named'}" for cpu, n in self.left_out.items()]
-        return note + (f" Left out: {', '.join(others)}." if others else "")
+        return note + "." + (f" Left out: {', '.join(others)}." if others else "")
 
     def check_settings(self, run: Run, key: str) -> None:
         """A finished folder trained with other settings than the grid's (by hand, or before
@@ -365,9 +394,7 @@ def collect(cfg: DictConfig, out: Path, device: str = "cpu", book: Book | None =
         runs.append(run)
     if book is None:
         return runs
-    if book.same_machine:
-        book.show_machine(points)
-    return [book.shown_run(run) for run in runs]
+    return book.show(runs)
 
 
 def run_from_row(point: dict[str, str], folder: Path, row: dict) -> Run:
