@@ -204,6 +204,24 @@ def test_the_next_run_trains_while_a_finished_one_is_evaluated(tmp_path):
     assert seen == [("a", True), ("b", True)]  # b trained meanwhile; evaluations in order, one at a time
 
 
+def test_evaluations_beside_the_runs_share_the_cores_and_the_threads_are_put_back(tmp_path):
+    # a process that goes on to train (a notebook, the test suite) keeps its own thread count
+    import torch
+
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    folders = [tmp_path / "a_seed0", tmp_path / "b_seed0"]
+    write = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('{\"final_val_acc1\": 50.0}')"
+    commands = [[sys.executable, "-c", write, str(f / "summary.json")] for f in folders]
+    before, seen = torch.get_num_threads(), []
+    try:
+        torch.set_num_threads(share + 1)
+        finished = [lambda: seen.append(torch.get_num_threads())] * 2
+        assert ablation.run_in_parallel(commands, folders, 2, finished) == 0
+        assert seen == [share, share] and torch.get_num_threads() == share + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 # a stand-in for scripts/train.py: marks that it started, and on SIGTERM marks that it saved
 # and exits as train.py does once a signal made it save (128 + 15)
 RUN = """import pathlib, signal, sys, time

@@ -32,6 +32,7 @@ from omegaconf import DictConfig
 from vit import registry
 from vit.studies import results
 from vit.studies.sweep_stop import SweepStop
+from vit.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 SAVED = (128 + signal.SIGTERM, 128 + signal.SIGINT)  # scripts/train.py's exit once a signal made it save
@@ -190,13 +191,11 @@ def run_in_parallel(
     not begun were left to the next sitting)."""
     threads = max(1, len(os.sched_getaffinity(0)) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    if finished and jobs > 1:  # the evaluations here share the cores with the runs training
-        import torch
-
-        torch.set_num_threads(threads)
+    # the evaluations here share the cores with the runs training
+    shared = torch_threads(threads) if finished and jobs > 1 else contextlib.nullcontext()
     numbers = [f"{i}/{len(commands)}" for i in range(1, len(commands) + 1)]
     evaluated: list[Future] = []
-    with SweepStop() as stop, ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
+    with shared, SweepStop() as stop, ThreadPoolExecutor(1) as evaluations, ThreadPoolExecutor(jobs) as pool:
         one = partial(run_logged, env=env, quiet=jobs > 1, stop=stop)
 
         def queue(evaluate: Callable[[], None]) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from vit.threads import torch_threads
 from vit.training.data import DataError
 from vit.training.data.imagefolder import ImageFolderData
 
@@ -70,7 +71,11 @@ def host_part(cached, epoch: int):
 
 
 def loader_speed(data: ImageFolderData, device: torch.device, seed: int, batches: int, rounds: int) -> dict:
-    torch.set_num_threads(1)  # per core
+    with torch_threads(1):  # per core
+        return per_core_speeds(data, device, seed, batches, rounds)
+
+
+def per_core_speeds(data: ImageFolderData, device: torch.device, seed: int, batches: int, rounds: int) -> dict:
     pil = copy.copy(data)
     pil.cache, pil.num_workers = False, 0
     pil_train, _ = pil.loaders(device, 0, 1, seed)
