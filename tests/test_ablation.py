@@ -432,6 +432,8 @@ def test_the_report_says_when_its_runs_trained_on_different_thread_counts(tmp_pa
     assert note.startswith(f"These runs trained on different thread counts {counts}")
     resumed = report.threads_note([run(0, 1), run(1, [1, 2])])  # run 1's epochs trained on both
     assert "(1 on 1 thread, 1 resumed on another count)" in resumed
+    alone = report.threads_note([run(0, [1, 2])])  # the only run, mixed within itself
+    assert alone.startswith("These runs trained on different thread counts (1 resumed on another count)")
     report.write_report("mixed", [run(0, 1), run(1, 2)], tmp_path, "python scripts/ablate.py", note="A machine.")
     text = (tmp_path / "report.md").read_text()
     assert "A machine.\n\nThese runs trained on different thread counts (1 on 1 thread, 1 on 2 threads)" in text

@@ -353,7 +353,7 @@ class Book:
         `same_machine`)."""
         if not self.same_machine:
             return ""
-        why = "the same seed on two CPUs parts as far as two seeds, so a pair must share one"
+        why = "the same seed on two CPUs can part as far as two seeds, so a pair must share one"
         named = {cpu or "a machine not named": n for cpu, n in self.shown.items()}
         if len(named) > 1:
             note = f"Each pair here trained on one machine ({why}): " + ", ".join(

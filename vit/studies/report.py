@@ -286,7 +286,7 @@ def threads_note(runs: list[Run]) -> str:
     counts = Counter(t for t in recorded if not isinstance(t, list))  # a list: resumed on another count
     known = sorted((t, n) for t, n in counts.items() if t is not None)
     changed = sum(isinstance(t, list) for t in recorded)
-    if len(known) + (changed > 0) < 2:
+    if len(known) < 2 and not changed:  # one count throughout (a run resumed on another is mixed itself)
         return ""
     parts = [f"{n} on {t} thread{'s' * (t != 1)}" for t, n in known]
     parts += [f"{changed} resumed on another count"] if changed else []
