@@ -22,6 +22,7 @@ from vit.folder_lock import in_use
 from vit.studies import ablation, report
 from vit.studies.ablation import folder_name, grid_of, grid_points, run_sweep
 from vit.studies.evaluation import evaluate_checkpoint
+from vit.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -212,14 +213,11 @@ def test_evaluations_beside_the_runs_share_the_cores_and_the_threads_are_put_bac
     folders = [tmp_path / "a_seed0", tmp_path / "b_seed0"]
     write = "import pathlib, sys; pathlib.Path(sys.argv[1]).write_text('{\"final_val_acc1\": 50.0}')"
     commands = [[sys.executable, "-c", write, str(f / "summary.json")] for f in folders]
-    before, seen = torch.get_num_threads(), []
-    try:
-        torch.set_num_threads(share + 1)
+    seen = []
+    with torch_threads(share + 1):
         finished = [lambda: seen.append(torch.get_num_threads())] * 2
         assert ablation.run_in_parallel(commands, folders, 2, finished) == 0
         assert seen == [share, share] and torch.get_num_threads() == share + 1
-    finally:
-        torch.set_num_threads(before)
 
 
 # a stand-in for scripts/train.py: marks that it started, and on SIGTERM marks that it saved

@@ -21,6 +21,7 @@ from runs import TINY, train
 from vit.errors import ConfigError
 from vit.studies.class_folders import export_fashion_mnist
 from vit.studies.loader_speed import loader_speed
+from vit.threads import torch_threads
 from vit.training.checkpoint import load_checkpoint
 from vit.training.data import DataError, cache_build, cache_format, decoded_cache
 from vit.training.data.crop_boxes import DRAWS, flips, image_uniforms, resized_crop_boxes
@@ -310,13 +311,9 @@ def test_a_run_through_the_cache_resumes_to_bit_identical_weights(tmp_path):
 
 def test_the_loader_benchmark_measures_both_paths_and_the_build(tmp_path):
     root = make_jpeg_folders(tmp_path / "tree", per_class=(8, 2))
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         report = loader_speed(cached_data(root, tmp_path / "unused"), CPU, seed=0, batches=2, rounds=2)
         assert torch.get_num_threads() == 2  # timed on one thread, then the caller's count put back
-    finally:
-        torch.set_num_threads(before)
     assert [r["loader"] for r in report["rows"]] == [
         "PIL: decode, crop, flip",
         "cache, host: boxes and copies",

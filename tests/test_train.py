@@ -27,6 +27,7 @@ from data_files import make_cifar10_archive, make_class_folders
 from runs import ROOT, TINY, metrics, one_error_line, script, train, train_command
 from vit.cli import ConfigError, compose
 from vit.errors import TrainingError
+from vit.threads import torch_threads
 from vit.training import checkpoint
 from vit.training.checkpoint import CHECKPOINTS, CheckpointError, load_checkpoint
 from vit.training.data import DataError
@@ -568,12 +569,8 @@ def test_two_gloo_processes_through_torchrun_match_one_process(tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each torchrun process has
-    try:
+    with torch_threads(1):  # as each torchrun process has
         train(one, *args)
-    finally:
-        torch.set_num_threads(threads)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     proc = subprocess.run(
         torchrun + train_command(two, *args)[1:], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env
